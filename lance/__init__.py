@@ -1,0 +1,39 @@
+"""LANCE: low-rank activation compression for on-device fine-tuning and continual learning.
+
+The three steps of the paper, as functions of this package::
+
+    layers = lance.trainable_layers(model, 2)            # the last 2 conv layers
+    calib = lance.calibrate(model, loader, layers)       # Phase I: one-shot HOSVD bases
+    lance.compress(model, calib)                         # Phase II: layers keep only cores
+    ...ordinary training loop...
+    lance.decompress(model)                              # plain layers again
+"""
+
+from .accounting import activation_memory, measured_bytes, saved_tensors
+from .calibration import Calibration, LayerCalibration, ModeBasis, calibrate
+from .errors import (
+    BatchSizeError,
+    CalibrationMismatchError,
+    InputShapeError,
+    LanceError,
+    NonFiniteActivationError,
+    UnknownLayerError,
+    UnsupportedLayerError,
+)
+from .fidelity import gradient_angle, relative_error
+from .hosvd import energy_rank, expand, hosvd, mode_product, project, unfold
+from .layers import LanceConv2d, LanceLinear, compress, compressed_layers, decompress
+from .selection import trainable_layers
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "activation_memory", "saved_tensors", "measured_bytes",
+    "Calibration", "LayerCalibration", "ModeBasis", "calibrate",
+    "LanceError", "UnknownLayerError", "UnsupportedLayerError", "BatchSizeError", "InputShapeError",
+    "CalibrationMismatchError", "NonFiniteActivationError",
+    "gradient_angle", "relative_error",
+    "energy_rank", "expand", "hosvd", "mode_product", "project", "unfold",
+    "LanceConv2d", "LanceLinear", "compress", "compressed_layers", "decompress",
+    "trainable_layers",
+]

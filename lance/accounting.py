@@ -1,0 +1,203 @@
+"""Memory and FLOPs of training the selected layers, analytic (paper App. C) and measured.
+
+Analytic (``activation_memory``): for each trainable layer, what plain backprop keeps for
+its weight gradient (the layer input, ``bp_bytes``) and what LANCE keeps (core plus
+factors, ``lance_bytes``), at 4 bytes per float32 element as the paper counts; and the
+multiply-accumulate FLOPs (2 per MAC) of forward and backward for both. Bias additions and
+other element-wise work are not counted, as in ``torch.utils.flop_counter``.
+
+Measured (``saved_tensors``): every tensor autograd actually saves for backward, caught
+with ``torch.autograd.graph.saved_tensors_hooks`` and attributed to the innermost module
+whose forward saved it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .calibration import Calibration
+from .errors import BatchSizeError
+from .hosvd import projection_order
+from .layers import LanceLayer
+from .selection import resolve_layers
+
+__all__ = ["activation_memory", "saved_tensors", "measured_bytes", "layer_shapes", "MIB"]
+
+MIB = 2 ** 20
+
+
+@dataclass
+class _Shapes:
+    input: tuple[int, ...]
+    output: tuple[int, ...]
+
+
+def layer_shapes(model: nn.Module, layers: Sequence[str], input_size: Sequence[int],
+                 batch_size: int) -> dict[str, _Shapes]:
+    """Input and output shapes of the named layers for a batch of ``batch_size``, found by
+    running one zero sample through the model (eval mode, no gradients)."""
+    modules = resolve_layers(model, layers)
+    found: dict[str, _Shapes] = {}
+    hooks = [m.register_forward_hook(
+        lambda mod, args, out, name=name: found.__setitem__(name, _Shapes(tuple(args[0].shape), tuple(out.shape))))
+        for name, m in modules.items()]
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    device = param.device if param is not None else None
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros((1, *input_size), dtype=dtype, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    scale = lambda s: (batch_size,) + tuple(s[1:])  # noqa: E731
+    return {name: _Shapes(scale(found[name].input), scale(found[name].output)) for name in modules}
+
+
+def _chain_flops(shape: Sequence[int], factors_out: Sequence[Optional[int]], order: Sequence[int]) -> tuple[int, list[int]]:
+    """FLOPs of the mode products ``shape[m] -> factors_out[m]`` applied in ``order``."""
+    shape = list(shape)
+    flops = 0
+    for m in order:
+        flops += 2 * factors_out[m] * prod(shape)
+        shape[m] = factors_out[m]
+    return flops, shape
+
+
+def _layer_flops(kind: str, module: nn.Module, shapes: _Shapes, ranks: Optional[Sequence[Optional[int]]],
+                 input_grad: bool) -> dict[str, int]:
+    x, y = shapes.input, shapes.output
+    if kind == "Conv2d":
+        out_ch, cin_g, kh, kw = module.weight.shape
+        macs = y[0] * out_ch * y[2] * y[3] * cin_g * kh * kw
+    else:
+        macs = prod(x[:-1]) * module.weight.shape[0] * x[-1]
+    fwd = 2 * macs
+    row = {"bp_fwd_flops": fwd, "bp_bwd_flops": fwd * (2 if input_grad else 1)}
+    if ranks is None:
+        return row
+    # forward: the layer plus the projection of its input onto the factors
+    proj, core = _chain_flops(x, ranks, projection_order(x, ranks))
+    bwd = fwd if input_grad else 0
+    if kind == "Conv2d":
+        r_b, r_c, r_h, r_w = ranks
+        groups = module.groups
+        nb = x[0] if r_b is None else r_b
+        if r_b is not None:  # dy x_1 U_b^T
+            bwd += 2 * r_b * prod(y)
+        zshape = [nb, core[1], core[2], core[3]]
+        full = [None, None, x[2] if r_h is not None else None, x[3] if r_w is not None else None]
+        exp_order = [m for m in reversed(projection_order(x, [None, None, r_h, r_w]))]
+        f, zshape = _chain_flops(zshape, full, exp_order)
+        bwd += f
+        if r_c is None:
+            bwd += 2 * nb * out_ch * y[2] * y[3] * cin_g * kh * kw
+        elif groups == 1:
+            bwd += 2 * nb * out_ch * y[2] * y[3] * r_c * kh * kw + 2 * out_ch * kh * kw * r_c * x[1]
+        else:
+            bwd += 2 * prod(zshape) * x[1] + 2 * nb * out_ch * y[2] * y[3] * cin_g * kh * kw
+    else:
+        lead = list(ranks[:-1]) + [None]
+        f, dshape = _chain_flops(y, lead, projection_order(y, lead))
+        bwd += f + 2 * module.weight.shape[0] * prod(core)
+        if ranks[-1] is not None:
+            bwd += 2 * module.weight.shape[0] * ranks[-1] * x[-1]
+    row.update(lance_fwd_flops=fwd + proj, lance_bwd_flops=bwd)
+    return row
+
+
+def activation_memory(model: nn.Module, layers: Sequence[str], input_size: Sequence[int], batch_size: int,
+                      calibration: Optional[Calibration] = None, *, bytes_per_element: int = 4):
+    """Analytic activation memory and FLOPs of training ``layers`` (paper App. C).
+
+    One row per layer: ``layer``, ``type``, ``input_shape``, ``bp_bytes`` (the input that
+    plain backprop keeps for the weight gradient), ``bp_fwd_flops``, ``bp_bwd_flops``; with a
+    calibration also ``ranks``, ``core_shape``, ``lance_bytes`` (core plus factors),
+    ``lance_fwd_flops``, ``lance_bwd_flops`` and ``memory_ratio``. The backward counts the
+    input gradient for every layer except the earliest one (nothing before it trains).
+    """
+    import pandas as pd
+
+    names = list(layers)
+    shapes = layer_shapes(model, names, input_size, batch_size)
+    modules = resolve_layers(model, names)
+    order = [n for n, _ in model.named_modules() if n in modules]
+    first = order[0]
+    rows = []
+    for name in order:
+        module = modules[name]
+        kind = "Conv2d" if isinstance(module, nn.Conv2d) else "Linear"
+        s = shapes[name]
+        row = {"layer": name, "type": kind, "input_shape": s.input, "bp_bytes": prod(s.input) * bytes_per_element}
+        ranks = None
+        if calibration is not None:
+            lc = calibration[name]
+            if lc.batch_size is not None and lc.batch_size != batch_size:
+                raise BatchSizeError(
+                    f"the calibration projects the batch mode with a fixed factor for batch size {lc.batch_size}; "
+                    f"ask for batch_size={lc.batch_size} or calibrate with compress_batch=False.")
+            ranks = lc.ranks
+            row.update(ranks=tuple(ranks), core_shape=lc.core_shape(batch_size),
+                       lance_bytes=lc.stored_numel(batch_size) * bytes_per_element)
+            row["memory_ratio"] = row["bp_bytes"] / row["lance_bytes"]
+        row.update(_layer_flops(kind, module, s, ranks, input_grad=name != first))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def saved_tensors(model: nn.Module, *inputs: Tensor, loss_fn=None):
+    """Run ``model(*inputs)`` and list every tensor autograd saved for backward.
+
+    One row per (module, storage): ``module`` (the innermost module whose forward saved it),
+    ``module_type``, ``kind`` (``activation``, ``buffer`` such as LANCE's factors or
+    BatchNorm statistics, or ``parameter``), ``shape``, ``bytes`` (of the storage it keeps
+    alive). A storage saved twice by one module is listed once. The graph is freed on return.
+    """
+    import pandas as pd
+
+    names = {id(m): n for n, m in model.named_modules()}
+    types = {n: type(m).__name__ for n, m in model.named_modules()}
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    buffers = {b.untyped_storage().data_ptr() for b in model.buffers() if b is not None}
+    stack: list[str] = []
+    records: dict[tuple[str, int], dict] = {}
+
+    def pack(t: Tensor):
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        owner = stack[-1] if stack else ""
+        kind = "parameter" if ptr in params else "buffer" if ptr in buffers else "activation"
+        records.setdefault((owner, ptr), {"module": owner, "module_type": types.get(owner, ""), "kind": kind,
+                                          "shape": tuple(t.shape), "bytes": storage.nbytes(), "storage": ptr})
+        return t
+
+    hooks = []
+    for m in model.modules():
+        hooks.append(m.register_forward_pre_hook(lambda mod, args: stack.append(names[id(mod)])))
+        hooks.append(m.register_forward_hook(lambda mod, args, out: stack.pop()))
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(*inputs)
+            if loss_fn is not None:
+                out = loss_fn(out)
+        del out
+    finally:
+        for h in hooks:
+            h.remove()
+    return pd.DataFrame(list(records.values()),
+                        columns=["module", "module_type", "kind", "shape", "bytes", "storage"])
+
+
+def measured_bytes(report, layers: Sequence[str]) -> dict[str, int]:
+    """Bytes each named layer keeps for backward, from a :func:`saved_tensors` report: its
+    activations and buffers (a LANCE layer's factors); parameters are never counted."""
+    keep = report[report.kind != "parameter"]
+    return {name: int(keep[keep.module == name].bytes.sum()) for name in layers}

@@ -1,0 +1,350 @@
+"""Phase I: one-shot subspace calibration (paper Sec. 2.2, Eqs. 2-3).
+
+``calibrate`` passes calibration batches through the model once (eval mode, no gradients),
+accumulates for every named layer and every mode of its input the mode covariance
+``mean_i X_(m),i X_(m),i^T`` (Eq. 2), decomposes each once and keeps the smallest rank whose
+energy reaches the threshold (Eq. 3). The result, a :class:`Calibration`, holds per layer
+the full eigenbases and spectra, so it can be re-truncated at another energy without new
+data (:meth:`Calibration.truncate`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .errors import (
+    BatchSizeError,
+    InputShapeError,
+    LanceError,
+    NonFiniteActivationError,
+    UnsupportedLayerError,
+)
+from .hosvd import basis_from_gram, captured_energy, check_energy, energy_rank, mode_gram
+from .selection import layer_spec, resolve_layers
+
+__all__ = ["calibrate", "Calibration", "LayerCalibration", "ModeBasis", "mode_names"]
+
+FORMAT_VERSION = 1
+
+
+def mode_names(kind: str, ndim: int) -> tuple[str, ...]:
+    """Names of the modes of a layer input."""
+    if kind == "Conv2d":
+        return ("batch", "channel", "height", "width")
+    return ("batch", "feature") if ndim == 2 else ("batch", "token", "feature")
+
+
+@dataclass
+class ModeBasis:
+    """One mode of one layer's input: its eigenbasis, spectrum and kept rank."""
+
+    name: str
+    size: int
+    rank: Optional[int]  # None: this mode is not compressed
+    basis: Optional[Tensor] = None  # (size, size) eigenvectors, float64, largest first
+    eigenvalues: Optional[Tensor] = None  # (size,), float64, descending
+
+    @property
+    def compressed(self) -> bool:
+        return self.rank is not None
+
+    @property
+    def factor(self) -> Optional[Tensor]:
+        """The ``(size, rank)`` factor with orthonormal columns, or ``None``."""
+        if self.rank is None:
+            return None
+        return self.basis[:, : self.rank].contiguous()
+
+    @property
+    def energy(self) -> float:
+        """Share of this mode's energy captured by the kept rank (1.0 if not compressed)."""
+        return 1.0 if self.rank is None else captured_energy(self.eigenvalues, self.rank)
+
+
+@dataclass
+class LayerCalibration:
+    """Calibration of one layer: its spec (to recognise the layer) and one basis per mode."""
+
+    name: str
+    spec: dict
+    input_shape: tuple[int, ...]
+    modes: list[ModeBasis] = field(default_factory=list)
+
+    @property
+    def factors(self) -> list[Optional[Tensor]]:
+        return [m.factor for m in self.modes]
+
+    @property
+    def ranks(self) -> list[Optional[int]]:
+        return [m.rank for m in self.modes]
+
+    @property
+    def batch_size(self) -> Optional[int]:
+        """The fixed batch size, if the batch mode is projected; else ``None``."""
+        return self.input_shape[0] if self.modes[0].compressed else None
+
+    def core_shape(self, batch_size: Optional[int] = None) -> tuple[int, ...]:
+        b = batch_size if batch_size is not None else self.input_shape[0]
+        return tuple((b if i == 0 else m.size) if m.rank is None else m.rank
+                     for i, m in enumerate(self.modes))
+
+    def stored_numel(self, batch_size: Optional[int] = None) -> int:
+        """Elements LANCE keeps for this layer's weight gradient: core plus factors (App. C)."""
+        core = 1
+        for s in self.core_shape(batch_size):
+            core *= s
+        return core + sum(m.size * m.rank for m in self.modes if m.rank is not None)
+
+    def truncate(self, energy: float) -> "LayerCalibration":
+        energy = check_energy(energy)
+        modes = [ModeBasis(m.name, m.size, None if m.rank is None else energy_rank(m.eigenvalues, energy),
+                           m.basis, m.eigenvalues) for m in self.modes]
+        return LayerCalibration(self.name, dict(self.spec), self.input_shape, modes)
+
+
+class Calibration:
+    """The result of Phase I for a set of layers. Index it by layer name.
+
+    ``state_dict()`` / ``from_state_dict()`` and ``save()`` / ``load()`` round-trip it through
+    ``torch.save``; printing it shows a table, one row per layer.
+    """
+
+    def __init__(self, layers: dict[str, LayerCalibration], energy: float, num_batches: int,
+                 compress_batch: bool):
+        self.layers = dict(layers)
+        self.energy = float(energy)
+        self.num_batches = int(num_batches)
+        self.compress_batch = bool(compress_batch)
+
+    # -- access ---------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> LayerCalibration:
+        try:
+            return self.layers[name]
+        except KeyError:
+            raise LanceError(f"this calibration has no layer {name!r}; it has {list(self.layers)}.") from None
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.layers)
+
+    def truncate(self, energy: float) -> "Calibration":
+        """The same calibration with every rank re-chosen for another energy threshold."""
+        energy = check_energy(energy)
+        return Calibration({k: v.truncate(energy) for k, v in self.layers.items()}, energy,
+                           self.num_batches, self.compress_batch)
+
+    # -- display --------------------------------------------------------------------------
+    def to_frame(self):
+        """A pandas table: one row per layer with input shape, ranks, captured energy and sizes."""
+        import pandas as pd
+
+        rows = []
+        for name, lc in self.layers.items():
+            full = 1
+            for s in lc.input_shape:
+                full *= s
+            kept = lc.stored_numel()
+            rows.append({
+                "layer": name,
+                "type": lc.spec["type"],
+                "input_shape": "x".join(map(str, lc.input_shape)),
+                "ranks": "x".join("-" if r is None else str(r) for r in lc.ranks),
+                "energy": " ".join("-" if m.rank is None else f"{m.energy:.3f}" for m in lc.modes),
+                "input_elements": full,
+                "stored_elements": kept,
+                "compression": full / kept,
+            })
+        return pd.DataFrame(rows)
+
+    def __repr__(self) -> str:
+        head = (f"Calibration(energy={self.energy}, batches={self.num_batches}, "
+                f"compress_batch={self.compress_batch}, layers={len(self)})")
+        return head + "\n" + self.to_frame().to_string(index=False)
+
+    def _repr_html_(self) -> str:
+        return self.to_frame().to_html(index=False)
+
+    # -- persistence ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "energy": self.energy,
+            "num_batches": self.num_batches,
+            "compress_batch": self.compress_batch,
+            "layers": {
+                name: {
+                    "spec": {k: list(v) if isinstance(v, tuple) else v for k, v in lc.spec.items()},
+                    "input_shape": list(lc.input_shape),
+                    "modes": [{"name": m.name, "size": m.size, "rank": m.rank,
+                               "basis": m.basis, "eigenvalues": m.eigenvalues} for m in lc.modes],
+                }
+                for name, lc in self.layers.items()
+            },
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "Calibration":
+        if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+            raise LanceError("not a lance calibration state dict (or one of another format version); "
+                             "recompute it with lance.calibrate.")
+        layers = {}
+        for name, d in state["layers"].items():
+            spec = {k: tuple(v) if isinstance(v, list) else v for k, v in d["spec"].items()}
+            modes = [ModeBasis(m["name"], m["size"], m["rank"], m["basis"], m["eigenvalues"])
+                     for m in d["modes"]]
+            layers[name] = LayerCalibration(name, spec, tuple(d["input_shape"]), modes)
+        return cls(layers, state["energy"], state["num_batches"], state["compress_batch"])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write with ``torch.save``, atomically (a temporary file renamed into place)."""
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(self.state_dict(), tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Calibration":
+        return cls.from_state_dict(torch.load(path, weights_only=True))
+
+
+class _Accumulator:
+    """Running sums of the mode covariances of one layer's input (Eq. 2)."""
+
+    def __init__(self, name: str, module: nn.Module, compress_batch: bool):
+        self.name = name
+        self.spec = layer_spec(module)
+        self.compress_batch = compress_batch
+        self.shape: Optional[tuple[int, ...]] = None
+        self.grams: list[Optional[Tensor]] = []
+        self.count = 0
+
+    def add(self, x: Tensor, batch_index: int) -> None:
+        kind = self.spec["type"]
+        if kind == "Conv2d" and x.dim() != 4:
+            raise UnsupportedLayerError(
+                f"layer {self.name!r} got a {x.dim()}-D input; LANCE handles batched 4-D (B, C, H, W) conv inputs.")
+        if kind == "Linear" and x.dim() not in (2, 3):
+            raise UnsupportedLayerError(
+                f"layer {self.name!r} got a {x.dim()}-D input; LANCE handles nn.Linear on 2-D (B, D) "
+                "and 3-D (B, T, D) inputs.")
+        if not torch.isfinite(x).all():
+            raise NonFiniteActivationError(
+                f"the input of layer {self.name!r} has NaN or infinite values in calibration batch "
+                f"{batch_index}; check the model weights and the input normalisation, or drop that batch.")
+        shape = tuple(x.shape)
+        if self.shape is None:
+            self.shape = shape
+            self.grams = [None] * x.dim()
+        elif shape[1:] != self.shape[1:]:
+            raise InputShapeError(
+                f"layer {self.name!r} got input shape {shape} in calibration batch {batch_index} but "
+                f"{self.shape} before; calibrate with one input resolution.")
+        elif shape[0] != self.shape[0] and self.compress_batch:
+            raise BatchSizeError(
+                f"calibration batch {batch_index} has {shape[0]} samples, the first had {self.shape[0]}. "
+                "The batch mode is projected with a fixed factor, so every calibration batch must have the "
+                "training batch size: use drop_last=True in the DataLoader, or compress_batch=False.")
+        for m in range(x.dim()):
+            if m == 0 and not self.compress_batch:
+                continue
+            g = mode_gram(x, m)
+            self.grams[m] = g if self.grams[m] is None else self.grams[m] + g
+        self.count += 1
+
+    def finish(self, energy: float) -> LayerCalibration:
+        names = mode_names(self.spec["type"], len(self.shape))
+        modes = []
+        for m, size in enumerate(self.shape):
+            if self.grams[m] is None:
+                modes.append(ModeBasis(names[m], size, None))
+                continue
+            vectors, values = basis_from_gram(self.grams[m] / self.count)
+            modes.append(ModeBasis(names[m], size, energy_rank(values, energy), vectors, values))
+        return LayerCalibration(self.name, self.spec, self.shape, modes)
+
+
+def _inputs_of(batch: Any) -> Any:
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            raise LanceError("a calibration batch is an empty tuple; yield tensors or (input, target) pairs.")
+        return batch[0]
+    return batch
+
+
+def calibrate(
+    model: nn.Module,
+    batches: Iterable[Any],
+    layers: Sequence[str],
+    energy: float = 0.7,
+    num_batches: int = 100,
+    *,
+    compress_batch: bool = True,
+    progress: bool = False,
+) -> Calibration:
+    """Phase I of LANCE: one pass of up to ``num_batches`` batches through ``model``.
+
+    ``batches`` yields input tensors or ``(input, target)`` pairs (a DataLoader works). The
+    model runs in eval mode without gradients; its mode is restored afterwards. With
+    ``compress_batch=True`` (the paper's choice) the batch mode is projected too, with a
+    fixed factor: training batches must then have the calibration batch size.
+    """
+    energy = check_energy(energy)
+    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
+        raise LanceError(f"num_batches must be a positive integer, got {num_batches!r}.")
+    modules = resolve_layers(model, layers)
+    accumulators = {name: _Accumulator(name, mod, compress_batch) for name, mod in modules.items()}
+    state = {"batch": 0}
+
+    def make_hook(acc: _Accumulator):
+        def hook(_module, args):
+            acc.add(args[0], state["batch"])
+        return hook
+
+    handles = [mod.register_forward_pre_hook(make_hook(accumulators[name])) for name, mod in modules.items()]
+    was_training = model.training
+    iterator = iter(batches)
+    if progress:
+        from tqdm.auto import tqdm
+        iterator = iter(tqdm(iterator, total=num_batches, desc="calibration", leave=False))
+    seen = 0
+    try:
+        model.eval()
+        with torch.no_grad():
+            for batch in iterator:
+                state["batch"] = seen
+                model(_inputs_of(batch))
+                seen += 1
+                if seen >= num_batches:
+                    break
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if seen == 0:
+        raise LanceError("the calibration batches were empty: pass an iterable (e.g. a DataLoader) that "
+                         "yields at least one batch.")
+    missing = [name for name, acc in accumulators.items() if acc.count == 0]
+    if missing:
+        raise LanceError(f"layers {missing} were never called during calibration: are they used in forward()?")
+    return Calibration({name: acc.finish(energy) for name, acc in accumulators.items()},
+                       energy, seen, compress_batch)

@@ -1,0 +1,191 @@
+"""Tensor algebra of the higher-order SVD (HOSVD): unfoldings, mode products, ranks.
+
+Conventions (as in the paper, Sec. 2.1):
+
+* ``unfold(x, m)`` is the mode-``m`` unfolding ``X_(m)``: shape ``(n_m, prod of the others)``.
+* ``mode_product(x, M, m)`` is ``x ×_m M`` for a matrix ``M`` of shape ``(J, n_m)``:
+  ``unfold(x ×_m M, m) == M @ unfold(x, m)``.
+* A factor ``U`` of mode ``m`` has shape ``(n_m, r_m)`` with orthonormal columns. Projecting
+  onto it is ``x ×_m U.T`` (paper Eq. 1); expanding back is ``core ×_m U``.
+* ``None`` as a factor means "this mode is not compressed" (the identity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .errors import LanceError
+
+__all__ = [
+    "unfold",
+    "fold",
+    "mode_product",
+    "project",
+    "expand",
+    "projection_order",
+    "energy_rank",
+    "captured_energy",
+    "check_energy",
+    "mode_gram",
+    "basis_from_gram",
+    "hosvd",
+    "HOSVD",
+]
+
+Factors = Sequence[Optional[Tensor]]
+
+
+def check_energy(energy: float, name: str = "energy") -> float:
+    """Return ``energy`` as a float if it lies in (0, 1]; otherwise raise a clear error."""
+    try:
+        value = float(energy)
+    except (TypeError, ValueError):
+        raise LanceError(f"{name} must be a number in (0, 1], got {energy!r}.") from None
+    if not (0.0 < value <= 1.0):
+        raise LanceError(
+            f"{name} must lie in (0, 1] (the share of activation energy to keep), got {energy!r}. "
+            "Use e.g. 0.7 as in the paper, or 1.0 to keep every direction."
+        )
+    return value
+
+
+def unfold(x: Tensor, mode: int) -> Tensor:
+    """Mode-``mode`` unfolding ``X_(m)`` of shape ``(x.shape[mode], -1)``."""
+    return x.movedim(mode, 0).reshape(x.shape[mode], -1)
+
+
+def fold(matrix: Tensor, mode: int, shape: Sequence[int]) -> Tensor:
+    """Inverse of :func:`unfold` for a tensor of the given ``shape``."""
+    moved = [shape[mode]] + [s for i, s in enumerate(shape) if i != mode]
+    return matrix.reshape(moved).movedim(0, mode)
+
+
+def mode_product(x: Tensor, matrix: Tensor, mode: int) -> Tensor:
+    """``x ×_mode matrix`` for ``matrix`` of shape ``(J, x.shape[mode])``."""
+    if matrix.shape[1] != x.shape[mode]:
+        raise LanceError(
+            f"mode_product: matrix has {matrix.shape[1]} columns but mode {mode} of the tensor "
+            f"has size {x.shape[mode]} (tensor shape {tuple(x.shape)})."
+        )
+    return torch.tensordot(matrix, x, dims=([1], [mode])).movedim(0, mode)
+
+
+def projection_order(shape: Sequence[int], ranks: Sequence[Optional[int]]) -> list[int]:
+    """Order in which to apply the mode products of a projection: the modes that shrink the
+    tensor most go first, which keeps every intermediate tensor, and so the FLOPs, small.
+    ``None`` ranks (uncompressed modes) are left out."""
+    modes = [m for m, r in enumerate(ranks) if r is not None]
+    return sorted(modes, key=lambda m: (ranks[m] / shape[m], m))
+
+
+def project(x: Tensor, factors: Factors) -> Tensor:
+    """The core ``x ×_1 U_1^T ... ×_N U_N^T`` (paper Eq. 1); ``None`` factors are skipped."""
+    ranks = [None if u is None else u.shape[1] for u in factors]
+    for m in projection_order(x.shape, ranks):
+        x = mode_product(x, factors[m].t(), m)
+    return x
+
+
+def expand(core: Tensor, factors: Factors) -> Tensor:
+    """The reconstruction ``core ×_1 U_1 ... ×_N U_N``; ``None`` factors are skipped."""
+    # expand the modes that grow the tensor least first, for the same reason as above
+    ranks = [None if u is None else u.shape[1] for u in factors]
+    full = [core.shape[m] if u is None else u.shape[0] for m, u in enumerate(factors)]
+    for m in reversed(projection_order(full, ranks)):
+        core = mode_product(core, factors[m], m)
+    return core
+
+
+def energy_rank(eigenvalues: Tensor, energy: float) -> int:
+    """Smallest ``k`` whose leading eigenvalues hold at least ``energy`` of their sum (Eq. 3).
+
+    ``eigenvalues`` are those of a mode covariance (the squared singular values of the
+    unfolding), sorted in descending order. ``energy == 1`` keeps every direction.
+    """
+    energy = check_energy(energy)
+    n = eigenvalues.numel()
+    if energy >= 1.0:
+        return n
+    values = eigenvalues.detach().to(torch.float64).clamp_min(0)
+    total = values.sum()
+    if total <= 0:
+        return 1
+    share = torch.cumsum(values, 0) / total
+    k = int(torch.searchsorted(share, torch.tensor([energy], dtype=share.dtype)).item()) + 1
+    return min(max(k, 1), n)
+
+
+def captured_energy(eigenvalues: Tensor, rank: int) -> float:
+    """Share of the total energy held by the leading ``rank`` eigenvalues."""
+    values = eigenvalues.detach().to(torch.float64).clamp_min(0)
+    total = float(values.sum())
+    return 1.0 if total <= 0 else float(values[:rank].sum()) / total
+
+
+def mode_gram(x: Tensor, mode: int) -> Tensor:
+    """``X_(m) @ X_(m)^T`` in float64: the (unnormalised) mode covariance of Eq. 2."""
+    a = unfold(x.detach(), mode).to(torch.float64)
+    return a @ a.t()
+
+
+def basis_from_gram(gram: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenvectors and eigenvalues of a symmetric PSD matrix, largest eigenvalue first."""
+    gram = 0.5 * (gram + gram.t())
+    values, vectors = torch.linalg.eigh(gram)
+    return vectors.flip(-1), values.flip(-1).clamp_min(0)
+
+
+@dataclass
+class HOSVD:
+    """A truncated HOSVD: ``core`` and one factor per mode (``None`` = not compressed)."""
+
+    core: Tensor
+    factors: list[Optional[Tensor]]
+    spectra: list[Optional[Tensor]]
+
+    @property
+    def ranks(self) -> list[Optional[int]]:
+        return [None if u is None else u.shape[1] for u in self.factors]
+
+    def reconstruct(self) -> Tensor:
+        return expand(self.core, self.factors)
+
+    def numel(self) -> int:
+        """Elements kept: the core plus every factor (what LANCE stores, App. C)."""
+        return self.core.numel() + sum(u.numel() for u in self.factors if u is not None)
+
+
+def hosvd(
+    x: Tensor,
+    energy: float = 0.7,
+    *,
+    ranks: Optional[Sequence[Optional[int]]] = None,
+    skip_modes: Sequence[int] = (),
+) -> HOSVD:
+    """Truncated HOSVD of one tensor: for each mode, the eigenvectors of ``X_(m) X_(m)^T``
+    truncated to the smallest rank reaching ``energy`` (or to the given ``ranks``).
+
+    ``skip_modes`` lists modes left uncompressed. This is the per-iteration decomposition
+    of the HOSVD baseline, and what Phase I does once on accumulated covariances.
+    """
+    energy = check_energy(energy)
+    if ranks is not None and len(ranks) != x.dim():
+        raise LanceError(f"ranks has {len(ranks)} entries but the tensor has {x.dim()} modes.")
+    factors: list[Optional[Tensor]] = []
+    spectra: list[Optional[Tensor]] = []
+    for m in range(x.dim()):
+        if m in skip_modes or (ranks is not None and ranks[m] is None):
+            factors.append(None)
+            spectra.append(None)
+            continue
+        vectors, values = basis_from_gram(mode_gram(x, m))
+        k = energy_rank(values, energy) if ranks is None else int(ranks[m])
+        if not 1 <= k <= x.shape[m]:
+            raise LanceError(f"rank {k} for mode {m} is outside 1..{x.shape[m]}.")
+        factors.append(vectors[:, :k].to(x.dtype).contiguous())
+        spectra.append(values)
+    return HOSVD(project(x, factors), factors, spectra)

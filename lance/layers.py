@@ -1,0 +1,383 @@
+"""Phase II: the compressed layers (paper Sec. 2.2, Eq. 4), and swapping them into a model.
+
+A LANCE layer computes the same forward as the layer it replaces. When its weight needs a
+gradient, its autograd function keeps for backward only the projected core of the input
+``S = x ×_1 U_1^T ... ×_N U_N^T`` plus the fixed factors (and the weight, which any backward
+needs), all through ``ctx.save_for_backward``. Backward computes the weight gradient from
+them (Eq. 4) by the cheapest contraction, never rebuilding the full input; the input
+gradient is the exact one, since it needs the weight only.
+
+``compress(model, calibration)`` swaps layers in place; ``decompress(model)`` undoes it. The
+swapped layers share the original ``nn.Parameter`` objects, so an optimiser built before
+or after the swap works unchanged, and ``state_dict()`` keys do not change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .calibration import Calibration, LayerCalibration
+from .errors import BatchSizeError, CalibrationMismatchError, InputShapeError, LanceError
+from .hosvd import expand, mode_product, project
+from .selection import layer_spec, resolve_layers
+
+__all__ = [
+    "ConvGeometry",
+    "LanceConv2d",
+    "LanceLinear",
+    "LanceLayer",
+    "compress",
+    "decompress",
+    "compressed_layers",
+    "lance_conv2d",
+    "lance_linear",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# Convolution geometry: padding of every kind reduced to what the kernels accept
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Stride, dilation, groups and padding of a 2-D convolution.
+
+    ``pads`` is ``(left, right, top, bottom)``. When the padding is symmetric and of zeros,
+    it is handed to the convolution kernel (``native``); otherwise the input is padded
+    explicitly with ``F.pad`` (string padding with even kernels, ``padding_mode`` other than
+    zeros) and the convolution runs with padding 0.
+    """
+
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    pads: tuple[int, int, int, int]
+    mode: str  # F.pad mode: constant, reflect, replicate, circular
+
+    @classmethod
+    def of(cls, conv: nn.Conv2d) -> "ConvGeometry":
+        kh, kw = conv.kernel_size
+        dh, dw = conv.dilation
+        if isinstance(conv.padding, str):
+            if conv.padding == "valid":
+                ph = pw = (0, 0)
+            else:  # "same": PyTorch puts the odd extra pixel on the right / bottom
+                th, tw = dh * (kh - 1), dw * (kw - 1)
+                ph, pw = (th // 2, th - th // 2), (tw // 2, tw - tw // 2)
+        else:
+            ph, pw = (conv.padding[0],) * 2, (conv.padding[1],) * 2
+        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+        return cls(tuple(conv.stride), tuple(conv.dilation), conv.groups, (pw[0], pw[1], ph[0], ph[1]), mode)
+
+    @property
+    def native(self) -> bool:
+        l, r, t, b = self.pads
+        return self.mode == "constant" and l == r and t == b
+
+    @property
+    def kernel_padding(self) -> tuple[int, int]:
+        """Padding to pass to the convolution kernel."""
+        return (self.pads[2], self.pads[0]) if self.native else (0, 0)
+
+    def pad(self, x: Tensor) -> Tensor:
+        """The input as the kernel sees it (explicit padding where the kernel cannot do it)."""
+        if self.native or not any(self.pads):
+            return x
+        return F.pad(x, self.pads, mode=self.mode)
+
+    def padded_shape(self, shape: Sequence[int]) -> list[int]:
+        if self.native:
+            return list(shape)
+        l, r, t, b = self.pads
+        return [shape[0], shape[1], shape[2] + t + b, shape[3] + l + r]
+
+    def conv(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        return F.conv2d(self.pad(x), weight, bias, self.stride, self.kernel_padding, self.dilation, self.groups)
+
+    def input_grad(self, input_shape: Sequence[int], weight: Tensor, grad_out: Tensor) -> Tensor:
+        """Exact gradient with respect to the (unpadded) input."""
+        g = torch.nn.grad.conv2d_input(self.padded_shape(input_shape), weight, grad_out, self.stride,
+                                       self.kernel_padding, self.dilation, self.groups)
+        if self.native or not any(self.pads):
+            return g
+        l, r, t, b = self.pads
+        if self.mode == "constant":
+            return g[:, :, t: g.shape[2] - b, l: g.shape[3] - r]
+        # reflect / replicate / circular: the adjoint of F.pad, by autograd on a shape-only input
+        with torch.enable_grad():
+            dummy = torch.zeros(input_shape, dtype=g.dtype, device=g.device, requires_grad=True)
+            (gx,) = torch.autograd.grad(F.pad(dummy, self.pads, mode=self.mode), dummy, g)
+        return gx
+
+    def weight_grad(self, x: Tensor, weight_shape: Sequence[int], grad_out: Tensor) -> Tensor:
+        """Weight gradient of the convolution for input ``x`` (unpadded) and ``grad_out``."""
+        return torch.nn.grad.conv2d_weight(self.pad(x), list(weight_shape), grad_out, self.stride,
+                                           self.kernel_padding, self.dilation, self.groups)
+
+
+# ---------------------------------------------------------------------------------------
+# The weight gradient from a core and factors (Eq. 4), without rebuilding the input
+# ---------------------------------------------------------------------------------------
+def conv_weight_grad_from_core(core: Tensor, factors: Sequence[Optional[Tensor]], grad_out: Tensor,
+                               geometry: ConvGeometry, weight_shape: Sequence[int]) -> Tensor:
+    """``dL/dW`` of a conv whose input is ``core ×_1 U_1 ... ×_4 U_4``.
+
+    The batch factor is applied to the output gradient (``dy ×_1 U_1^T``), the spatial
+    factors expand the core to full height and width, the convolution's weight gradient is
+    taken with ``r_1`` samples and ``r_2`` channels, and the channel factor is applied last,
+    to the small weight-shaped result. Grouped convolutions need real channels, so there the
+    channel factor is expanded before the convolution.
+    """
+    u_b, u_c, u_h, u_w = factors
+    dy = grad_out if u_b is None else mode_product(grad_out, u_b.t(), 0)
+    z = expand(core, [None, None, u_h, u_w])
+    if u_c is None:
+        return geometry.weight_grad(z, weight_shape, dy)
+    if geometry.groups == 1:
+        out_ch, _, kh, kw = weight_shape
+        g = geometry.weight_grad(z, (out_ch, u_c.shape[1], kh, kw), dy)
+        return mode_product(g, u_c, 1)
+    return geometry.weight_grad(mode_product(z, u_c, 1), weight_shape, dy)
+
+
+def linear_weight_grad_from_core(core: Tensor, factors: Sequence[Optional[Tensor]], grad_out: Tensor) -> Tensor:
+    """``dL/dW`` of a linear layer whose input is ``core ×_1 U_1 ... ×_N U_N``.
+
+    The leading (batch, token) modes are shared by input and output: the output gradient is
+    projected onto their factors and contracted with the core; the feature factor is applied
+    last, to an ``(out, r_N)`` matrix.
+    """
+    lead = list(factors[:-1])
+    dy = project(grad_out, lead + [None])
+    dims = list(range(core.dim() - 1))
+    g = torch.tensordot(dy, core, dims=(dims, dims))  # (out, r_N)
+    u_f = factors[-1]
+    return g if u_f is None else g @ u_f.t()
+
+
+# ---------------------------------------------------------------------------------------
+# Autograd functions
+# ---------------------------------------------------------------------------------------
+class _LanceConv2dFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, geometry, u_b, u_c, u_h, u_w):
+        factors = (u_b, u_c, u_h, u_w)
+        y = geometry.conv(x, weight, bias)
+        ctx.geometry = geometry
+        ctx.input_shape = tuple(x.shape)
+        ctx.has_bias = bias is not None
+        core = project(x.detach(), factors) if ctx.needs_input_grad[1] else None
+        ctx.save_for_backward(core, weight if ctx.needs_input_grad[0] else None, *factors)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        core, weight, *factors = ctx.saved_tensors
+        g = ctx.geometry
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = g.input_grad(ctx.input_shape, weight, grad_out)
+        if ctx.needs_input_grad[1]:
+            grad_w = conv_weight_grad_from_core(core, factors, grad_out, g, weight.shape)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None, None, None, None
+
+
+class _LanceLinearFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, *factors):
+        y = F.linear(x, weight, bias)
+        ctx.has_bias = bias is not None
+        ctx.n_factors = len(factors)
+        core = project(x.detach(), factors) if ctx.needs_input_grad[1] else None
+        ctx.save_for_backward(core, weight if ctx.needs_input_grad[0] else None, *factors)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        core, weight, *factors = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_out @ weight
+        if ctx.needs_input_grad[1]:
+            grad_w = linear_weight_grad_from_core(core, factors, grad_out)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
+        return (grad_x, grad_w, grad_b) + (None,) * ctx.n_factors
+
+
+def lance_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], geometry: ConvGeometry,
+                 factors: Sequence[Optional[Tensor]]) -> Tensor:
+    """Functional form: a conv that keeps only the core of ``x`` (and the factors) for backward."""
+    return _LanceConv2dFunction.apply(x, weight, bias, geometry, *factors)
+
+
+def lance_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], factors: Sequence[Optional[Tensor]]) -> Tensor:
+    """Functional form of the compressed ``nn.Linear``."""
+    return _LanceLinearFunction.apply(x, weight, bias, *factors)
+
+
+# ---------------------------------------------------------------------------------------
+# Modules
+# ---------------------------------------------------------------------------------------
+class LanceLayer:
+    """Mixin of the compressed layers: fixed factors as (non-persistent) buffers.
+
+    Subclasses of a LANCE layer may override :meth:`factors_for` to choose factors per
+    batch (that is how the per-iteration HOSVD and ASI baselines reuse this backward).
+    """
+
+    layer_name: str
+    input_shape: tuple[int, ...]
+    n_modes: int
+
+    def _init_factors(self, lc: Optional[LayerCalibration], n_modes: int) -> None:
+        self.n_modes = n_modes
+        self.layer_name = lc.name if lc is not None else ""
+        self.input_shape = tuple(lc.input_shape) if lc is not None else ()
+        for m in range(n_modes):
+            f = None if lc is None else lc.modes[m].factor
+            if f is not None:
+                f = f.to(dtype=self.weight.dtype, device=self.weight.device)
+            self.register_buffer(f"factor_{m}", f, persistent=False)
+
+    @property
+    def factors(self) -> list[Optional[Tensor]]:
+        return [getattr(self, f"factor_{m}") for m in range(self.n_modes)]
+
+    @property
+    def ranks(self) -> list[Optional[int]]:
+        return [None if f is None else f.shape[1] for f in self.factors]
+
+    def factors_for(self, x: Tensor) -> list[Optional[Tensor]]:
+        """The factors to project this input with: the calibrated ones, after shape checks."""
+        factors = self.factors
+        if x.dim() != self.n_modes:
+            raise InputShapeError(f"layer {self.layer_name!r} was calibrated for {self.n_modes}-D inputs, "
+                                  f"got shape {tuple(x.shape)}.")
+        if factors[0] is not None and x.shape[0] != factors[0].shape[0]:
+            raise BatchSizeError(
+                f"layer {self.layer_name!r} was calibrated with batch size {factors[0].shape[0]} and projects the "
+                f"batch mode with a fixed factor, but got a batch of {x.shape[0]}. Train with that batch size "
+                "(DataLoader(..., drop_last=True)), recalibrate with the new batch size, or calibrate with "
+                "compress_batch=False to leave the batch mode uncompressed.")
+        if tuple(x.shape[1:]) != tuple(self.input_shape[1:]):
+            raise InputShapeError(
+                f"layer {self.layer_name!r} was calibrated for inputs of shape (B, "
+                f"{', '.join(map(str, self.input_shape[1:]))}), got {tuple(x.shape)}. Feed the model the "
+                "calibration's input resolution, or recalibrate.")
+        return factors
+
+    def _wants_compression(self, x: Tensor) -> bool:
+        params_need_grad = self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
+        return torch.is_grad_enabled() and params_need_grad
+
+
+class LanceConv2d(LanceLayer, nn.Conv2d):
+    """Drop-in ``nn.Conv2d`` that keeps only the projected core of its input for backward."""
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, calibration: Optional[LayerCalibration]) -> "LanceConv2d":
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                  conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
+                  device="meta")
+        new.weight, new.bias = conv.weight, conv.bias
+        new.train(conv.training)
+        new._init_factors(calibration, 4)
+        new.geometry = ConvGeometry.of(conv)
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._wants_compression(x):
+            return super().forward(x)
+        return lance_conv2d(x, self.weight, self.bias, self.geometry, self.factors_for(x))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", ranks={tuple(self.ranks)}"
+
+
+class LanceLinear(LanceLayer, nn.Linear):
+    """Drop-in ``nn.Linear`` (2-D or 3-D input) that keeps only the core of its input."""
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, calibration: Optional[LayerCalibration]) -> "LanceLinear":
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta")
+        new.weight, new.bias = linear.weight, linear.bias
+        new.train(linear.training)
+        new._init_factors(calibration, len(calibration.input_shape) if calibration else 2)
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._wants_compression(x):
+            return super().forward(x)
+        return lance_linear(x, self.weight, self.bias, self.factors_for(x))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", ranks={tuple(self.ranks)}"
+
+
+# ---------------------------------------------------------------------------------------
+# Swapping layers in and out
+# ---------------------------------------------------------------------------------------
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def _swap_in(module: nn.Module, lc: LayerCalibration,
+             factory: Optional[Callable[[nn.Module, LayerCalibration], nn.Module]]) -> nn.Module:
+    if factory is not None:
+        return factory(module, lc)
+    if isinstance(module, nn.Conv2d):
+        return LanceConv2d.from_conv(module, lc)
+    return LanceLinear.from_linear(module, lc)
+
+
+def compress(model: nn.Module, calibration: Calibration, layers: Optional[Sequence[str]] = None, *,
+             factory: Optional[Callable[[nn.Module, LayerCalibration], nn.Module]] = None) -> nn.Module:
+    """Swap the calibrated layers of ``model`` (in place) for LANCE layers; returns ``model``.
+
+    ``layers`` restricts the swap to some of the calibrated layers. Raises
+    :class:`CalibrationMismatchError` if a layer differs from the one that was calibrated.
+    """
+    if not isinstance(calibration, Calibration):
+        raise LanceError(f"compress needs a lance.Calibration (from lance.calibrate), got {type(calibration).__name__}.")
+    names = list(calibration.names if layers is None else layers)
+    modules = resolve_layers(model, names)
+    for name, module in modules.items():
+        if isinstance(module, LanceLayer):
+            raise LanceError(f"layer {name!r} is already compressed; call lance.decompress(model) first.")
+        lc = calibration[name]
+        spec = layer_spec(module)
+        if spec != lc.spec:
+            raise CalibrationMismatchError(
+                f"the calibration was made for another model: layer {name!r} is {spec} here but the "
+                f"calibration recorded {lc.spec}. Calibrate this model with lance.calibrate.")
+    for name, module in modules.items():
+        _set_submodule(model, name, _swap_in(module, calibration[name], factory))
+    return model
+
+
+def compressed_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The LANCE layers of a model, by name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, LanceLayer)}
+
+
+def decompress(model: nn.Module) -> nn.Module:
+    """Undo :func:`compress`: put plain ``nn.Conv2d`` / ``nn.Linear`` back (same parameters)."""
+    for name, m in compressed_layers(model).items():
+        if isinstance(m, nn.Conv2d):
+            plain = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+                              m.groups, m.bias is not None, m.padding_mode, device="meta")
+        else:
+            plain = nn.Linear(m.in_features, m.out_features, m.bias is not None, device="meta")
+        plain.weight, plain.bias = m.weight, m.bias
+        plain.train(m.training)
+        _set_submodule(model, name, plain)
+    return model

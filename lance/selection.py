@@ -1,0 +1,73 @@
+"""Which layers are trained: the paper's "last n layers", and checks on layer names."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+from torch import nn
+
+from .errors import LanceError, UnknownLayerError, UnsupportedLayerError
+
+__all__ = ["trainable_layers", "resolve_layers", "layer_spec", "SUPPORTED_TYPES"]
+
+#: Module types LANCE can compress (subclasses included).
+SUPPORTED_TYPES: tuple[type, ...] = (nn.Conv2d, nn.Linear)
+
+
+def trainable_layers(model: nn.Module, n: int) -> list[str]:
+    """Names of the last ``n`` ``nn.Conv2d`` modules of ``model`` in registration order.
+
+    This is the paper's "fine-tune the last n layers": the classifier head is trained too,
+    but it is not one of the ``n``.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise LanceError(f"n must be a positive integer (how many conv layers to train), got {n!r}.")
+    convs = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    if len(convs) < n:
+        raise LanceError(
+            f"the model has {len(convs)} nn.Conv2d modules, fewer than the {n} requested; "
+            f"ask for at most {len(convs)}."
+        )
+    return convs[-n:]
+
+
+def resolve_layers(model: nn.Module, layers: Iterable[str]) -> dict[str, nn.Module]:
+    """Map each name to its module; unknown names and unsupported types raise clear errors."""
+    if isinstance(layers, str):
+        layers = [layers]
+    names = list(layers)
+    if not names:
+        raise LanceError("no layers were named: pass e.g. lance.trainable_layers(model, 2).")
+    modules = dict(model.named_modules())
+    found: dict[str, nn.Module] = {}
+    for name in names:
+        if name not in modules or name == "":
+            close = difflib.get_close_matches(name, [k for k in modules if k], n=3)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise UnknownLayerError(
+                f"the model has no module named {name!r}.{hint} "
+                "List the names with [n for n, _ in model.named_modules()]."
+            )
+        module = modules[name]
+        if not isinstance(module, SUPPORTED_TYPES) or type(module).__name__.startswith("Lazy"):
+            raise UnsupportedLayerError(
+                f"layer {name!r} is a {type(module).__name__}; LANCE compresses the inputs of "
+                "nn.Conv2d and nn.Linear layers only. Name conv or linear layers instead."
+            )
+        if name in found:
+            raise LanceError(f"layer {name!r} is named twice.")
+        found[name] = module
+    return found
+
+
+def layer_spec(module: nn.Module) -> dict:
+    """What identifies a layer for a calibration: its type, weight shape and geometry."""
+    spec = {"type": "Conv2d" if isinstance(module, nn.Conv2d) else "Linear",
+            "weight_shape": tuple(module.weight.shape),
+            "bias": module.bias is not None}
+    if isinstance(module, nn.Conv2d):
+        spec.update(stride=tuple(module.stride), dilation=tuple(module.dilation),
+                    groups=module.groups, padding=module.padding if isinstance(module.padding, str)
+                    else tuple(module.padding), padding_mode=module.padding_mode)
+    return spec
