@@ -179,10 +179,16 @@ def saved_tensors(model: nn.Module, *inputs: Tensor, loss_fn=None):
                                           "shape": tuple(t.shape), "bytes": storage.nbytes(), "storage": ptr})
         return t
 
+    def enter(mod, args):
+        stack.append(names[id(mod)])
+
+    def leave(mod, args, out):
+        stack.pop()
+
     hooks = []
     for m in model.modules():
-        hooks.append(m.register_forward_pre_hook(lambda mod, args: stack.append(names[id(mod)])))
-        hooks.append(m.register_forward_hook(lambda mod, args, out: stack.pop()))
+        hooks.append(m.register_forward_pre_hook(enter))
+        hooks.append(m.register_forward_hook(leave))
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = model(*inputs)

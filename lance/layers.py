@@ -169,6 +169,7 @@ class _LanceConv2dFunction(torch.autograd.Function):
         y = geometry.conv(x, weight, bias)
         ctx.geometry = geometry
         ctx.input_shape = tuple(x.shape)
+        ctx.weight_shape = tuple(weight.shape)
         ctx.has_bias = bias is not None
         core = project(x.detach(), factors) if ctx.needs_input_grad[1] else None
         ctx.save_for_backward(core, weight if ctx.needs_input_grad[0] else None, *factors)
@@ -182,7 +183,7 @@ class _LanceConv2dFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = g.input_grad(ctx.input_shape, weight, grad_out)
         if ctx.needs_input_grad[1]:
-            grad_w = conv_weight_grad_from_core(core, factors, grad_out, g, weight.shape)
+            grad_w = conv_weight_grad_from_core(core, factors, grad_out, g, ctx.weight_shape)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum((0, 2, 3))
         return grad_x, grad_w, grad_b, None, None, None, None, None
@@ -349,6 +350,13 @@ def compress(model: nn.Module, calibration: Calibration, layers: Optional[Sequen
     if not isinstance(calibration, Calibration):
         raise LanceError(f"compress needs a lance.Calibration (from lance.calibrate), got {type(calibration).__name__}.")
     names = list(calibration.names if layers is None else layers)
+    present = dict(model.named_modules())
+    for name in names:
+        lc = calibration[name]
+        if name in present and not isinstance(present[name], (nn.Conv2d, nn.Linear)):
+            raise CalibrationMismatchError(
+                f"the calibration was made for another model: layer {name!r} is a {type(present[name]).__name__} "
+                f"here but a {lc.spec['type']} in the calibration. Calibrate this model with lance.calibrate.")
     modules = resolve_layers(model, names)
     for name, module in modules.items():
         if isinstance(module, LanceLayer):

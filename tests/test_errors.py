@@ -1,0 +1,135 @@
+"""Bad input gets a clear error that says what was wrong and what to do."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lance
+
+from helpers import random_batches, single_layer_model
+
+
+def _conv_model():
+    return single_layer_model(nn.Conv2d(3, 4, 3, padding=1))
+
+
+@pytest.mark.parametrize("energy", [0, 0.0, -0.1, 1.0001, 2, float("nan"), "high", None])
+def test_energy_outside_unit_interval(energy):
+    with pytest.raises(lance.LanceError, match=r"\(0, 1\]"):
+        lance.calibrate(_conv_model(), random_batches((2, 3, 5, 5)), ["0"], energy=energy)
+
+
+def test_unknown_layer_name_suggests_close_ones():
+    model = nn.Sequential()
+    model.add_module("features", nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3)))
+    with pytest.raises(lance.UnknownLayerError, match=r"no module named 'features\.3'.*Did you mean"):
+        lance.calibrate(model, random_batches((2, 3, 8, 8), dtype=torch.float32), ["features.3"])
+
+
+@pytest.mark.parametrize("module", [nn.BatchNorm2d(3), nn.Conv1d(3, 3, 1), nn.ReLU(), nn.Conv3d(3, 3, 1)])
+def test_unsupported_module_types(module):
+    model = nn.Sequential(module)
+    with pytest.raises(lance.UnsupportedLayerError, match="nn.Conv2d and nn.Linear"):
+        lance.calibrate(model, random_batches((2, 3, 5, 5)), ["0"])
+
+
+def test_linear_on_4d_input_refused():
+    model = single_layer_model(nn.Linear(5, 2))
+    with pytest.raises(lance.UnsupportedLayerError, match="2-D .* and 3-D"):
+        lance.calibrate(model, random_batches((2, 3, 4, 5)), ["0"])
+
+
+def test_no_batches():
+    with pytest.raises(lance.LanceError, match="at least one batch"):
+        lance.calibrate(_conv_model(), [], ["0"])
+
+
+def test_no_layers_and_bad_n():
+    with pytest.raises(lance.LanceError, match="no layers"):
+        lance.calibrate(_conv_model(), random_batches((2, 3, 5, 5)), [])
+    with pytest.raises(lance.LanceError, match="fewer than the 3"):
+        lance.trainable_layers(_conv_model(), 3)
+    with pytest.raises(lance.LanceError, match="positive integer"):
+        lance.trainable_layers(_conv_model(), 0)
+
+
+def test_training_batch_of_another_size():
+    model = _conv_model()
+    cal = lance.calibrate(model, random_batches((4, 3, 5, 5)), ["0"])
+    lance.compress(model, cal)
+    x = torch.randn(3, 3, 5, 5, dtype=torch.float64)
+    with pytest.raises(lance.BatchSizeError, match=r"batch size 4 .* got a batch of 3.*drop_last=True"):
+        model(x)
+
+
+def test_calibration_batches_of_different_sizes():
+    batches = random_batches((4, 3, 5, 5), n=2) + random_batches((3, 3, 5, 5), n=1)
+    with pytest.raises(lance.BatchSizeError, match="drop_last=True"):
+        lance.calibrate(_conv_model(), batches, ["0"])
+    # with the batch mode kept, mixed sizes are fine
+    lance.calibrate(_conv_model(), batches, ["0"], compress_batch=False)
+
+
+def test_input_of_another_resolution():
+    model = _conv_model()
+    cal = lance.calibrate(model, random_batches((4, 3, 5, 5)), ["0"])
+    lance.compress(model, cal)
+    with pytest.raises(lance.InputShapeError, match=r"\(B, 3, 5, 5\)"):
+        model(torch.randn(4, 3, 6, 6, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_activations(bad):
+    batches = random_batches((2, 3, 5, 5), n=3)
+    batches[1][0, 0, 0, 0] = bad
+    with pytest.raises(lance.NonFiniteActivationError, match=r"layer '0'.*batch 1"):
+        lance.calibrate(_conv_model(), batches, ["0"])
+
+
+def test_calibration_for_another_model():
+    cal = lance.calibrate(_conv_model(), random_batches((2, 3, 5, 5)), ["0"])
+    other = single_layer_model(nn.Conv2d(3, 8, 3, padding=1))
+    with pytest.raises(lance.CalibrationMismatchError, match="another model"):
+        lance.compress(other, cal)
+    strided = single_layer_model(nn.Conv2d(3, 4, 3, padding=1, stride=2))
+    with pytest.raises(lance.CalibrationMismatchError):
+        lance.compress(strided, cal)
+    shifted = nn.Sequential(nn.Identity(), nn.Conv2d(3, 4, 3, padding=1)).double()
+    with pytest.raises(lance.CalibrationMismatchError, match="Identity"):
+        lance.compress(shifted, cal)
+    renamed = nn.Sequential()
+    renamed.add_module("conv", nn.Conv2d(3, 4, 3, padding=1))
+    with pytest.raises(lance.UnknownLayerError):
+        lance.compress(renamed, lance.calibrate(_conv_model(), random_batches((2, 3, 5, 5)), ["0"]))
+    with pytest.raises(lance.LanceError, match="lance.Calibration"):
+        lance.compress(_conv_model(), {"0": None})
+
+
+def test_compress_twice_refused():
+    model = _conv_model()
+    cal = lance.calibrate(model, random_batches((2, 3, 5, 5)), ["0"])
+    lance.compress(model, cal)
+    with pytest.raises(lance.LanceError, match="already compressed"):
+        lance.compress(model, cal)
+
+
+def test_load_of_something_else(tmp_path):
+    path = tmp_path / "x.pt"
+    torch.save({"hello": 1}, path)
+    with pytest.raises(lance.LanceError, match="not a lance calibration"):
+        lance.Calibration.load(path)
+
+
+def test_trainable_layers_are_last_convs_in_registration_order():
+    import torchvision
+
+    model = torchvision.models.resnet18(weights=None)
+    assert lance.trainable_layers(model, 2) == ["layer4.1.conv1", "layer4.1.conv2"]
+    assert lance.trainable_layers(model, 4) == ["layer4.0.conv2", "layer4.0.downsample.0",
+                                                "layer4.1.conv1", "layer4.1.conv2"]
+    mbv2 = torchvision.models.mobilenet_v2(weights=None)
+    last4 = lance.trainable_layers(mbv2, 4)
+    assert last4 == ["features.17.conv.0.0", "features.17.conv.1.0", "features.17.conv.2", "features.18.0"]
+    assert mbv2.get_submodule("features.17.conv.1.0").groups == 960  # the depthwise one
