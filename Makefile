@@ -51,17 +51,18 @@ book: $(EXECUTED) | $(STAMP)
 	cp -pR book $(SRC)/
 	$(if $(EXECUTED),cp -p $(EXECUTED) $(SRC)/notebooks/)
 	$(BIN)/python -m lance status-page $(SRC)/notebooks $(SRC)/book/status.md
-	# --path-output P puts the site in P/_build/html, so P = . gives _build/html
-	$(BIN)/jupyter-book build $(SRC) --path-output . -W -n --keep-going
+	# --path-output P puts the site in P/_build/html, so P = . gives _build/html. --all reads
+	# every page again (seconds; nothing is executed) so that -W sees every page's warnings.
+	$(BIN)/jupyter-book build $(SRC) --path-output . --all -W -n --keep-going
 	@echo "book: $(BUILD)/html/index.html"
 
 # Execute into a temporary file and move it into place only on success; a failed run is kept
 # in _build/failed/ for inspection and fails make.
 $(EXEC)/%.ipynb: notebooks/%.ipynb $(LANCE_FILES) $(DATA_FILES) | $(STAMP)
-	@mkdir -p $(@D) $(FAILED)
+	@mkdir -p $(@D)
 	@rm -f $(FAILED)/$*.ipynb
 	$(BIN)/papermill $< $(@D)/.$*.tmp.ipynb --cwd notebooks -p profile $(PROFILE) \
-	  || { mv -f $(@D)/.$*.tmp.ipynb $(FAILED)/$*.ipynb 2>/dev/null; \
+	  || { mkdir -p $(FAILED); mv -f $(@D)/.$*.tmp.ipynb $(FAILED)/$*.ipynb 2>/dev/null; \
 	       echo "papermill failed: $< (executed copy in $(FAILED)/$*.ipynb)" >&2; exit 1; }
 	mv -f $(@D)/.$*.tmp.ipynb $@
 
