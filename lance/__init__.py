@@ -10,7 +10,7 @@ The three steps of the paper, as functions of this package::
 """
 
 from .accounting import activation_memory, measured_bytes, saved_tensors
-from .calibration import Calibration, LayerCalibration, ModeBasis, calibrate
+from .calibration import Calibration, LayerCalibration, ModeBasis, calibrate, layer_inputs
 from .errors import (
     BatchSizeError,
     CalibrationMismatchError,
@@ -20,20 +20,20 @@ from .errors import (
     UnknownLayerError,
     UnsupportedLayerError,
 )
-from .fidelity import gradient_angle, relative_error
+from .fidelity import compare_gradients, gradient_angle, relative_error, weight_gradients
 from .hosvd import energy_rank, expand, hosvd, mode_product, project, unfold
 from .layers import LanceConv2d, LanceLinear, compress, compressed_layers, decompress
-from .selection import trainable_layers
+from .selection import set_trainable, trainable_layers
 
 __version__ = "0.1.0"
 
 __all__ = [
     "activation_memory", "saved_tensors", "measured_bytes",
-    "Calibration", "LayerCalibration", "ModeBasis", "calibrate",
+    "Calibration", "LayerCalibration", "ModeBasis", "calibrate", "layer_inputs",
     "LanceError", "UnknownLayerError", "UnsupportedLayerError", "BatchSizeError", "InputShapeError",
     "CalibrationMismatchError", "NonFiniteActivationError",
-    "gradient_angle", "relative_error",
+    "gradient_angle", "relative_error", "weight_gradients", "compare_gradients",
     "energy_rank", "expand", "hosvd", "mode_product", "project", "unfold",
     "LanceConv2d", "LanceLinear", "compress", "compressed_layers", "decompress",
-    "trainable_layers",
+    "trainable_layers", "set_trainable",
 ]

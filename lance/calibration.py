@@ -28,7 +28,7 @@ from .errors import (
 from .hosvd import basis_from_gram, captured_energy, check_energy, energy_rank, mode_gram
 from .selection import layer_spec, resolve_layers
 
-__all__ = ["calibrate", "Calibration", "LayerCalibration", "ModeBasis", "mode_names"]
+__all__ = ["calibrate", "Calibration", "LayerCalibration", "ModeBasis", "mode_names", "layer_inputs"]
 
 FORMAT_VERSION = 1
 
@@ -348,3 +348,21 @@ def calibrate(
         raise LanceError(f"layers {missing} were never called during calibration: are they used in forward()?")
     return Calibration({name: acc.finish(energy) for name, acc in accumulators.items()},
                        energy, seen, compress_batch)
+
+
+def layer_inputs(model: nn.Module, layers: Sequence[str], x: Tensor) -> dict[str, Tensor]:
+    """The input tensors of the named layers for one batch ``x`` (eval mode, no gradients)."""
+    modules = resolve_layers(model, layers)
+    found: dict[str, Tensor] = {}
+    handles = [m.register_forward_pre_hook(lambda mod, args, name=name: found.__setitem__(name, args[0]))
+               for name, m in modules.items()]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return found

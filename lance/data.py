@@ -54,9 +54,10 @@ def sample_images(size: int = 224) -> tuple[Tensor, Tensor]:
 
 
 def augmented_batches(images: Tensor, batch_size: int, num_batches: int, seed: int = 0,
-                      scale: tuple[float, float] = (0.35, 1.0)) -> Iterator[Tensor]:
+                      scale: tuple[float, float] = (0.35, 1.0), labels: Optional[Tensor] = None) -> Iterator:
     """Normalised batches of random resized crops and horizontal flips of ``images``
-    (N, 3, S, S), drawn from their own generator (the global RNG is left alone).
+    (N, 3, S, S), drawn from their own generator (the global RNG is left alone). With
+    ``labels``, yields ``(batch, labels of its images)`` pairs.
 
     With only 20 real photographs at hand, this is how the demonstrations get many distinct
     calibration batches; every batch holds real image content.
@@ -70,7 +71,8 @@ def augmented_batches(images: Tensor, batch_size: int, num_batches: int, seed: i
     uniform = lambda lo, hi: lo + (hi - lo) * float(torch.rand((), generator=g))  # noqa: E731
     for _ in range(num_batches):
         crops = []
-        for i in torch.randint(0, images.shape[0], (batch_size,), generator=g).tolist():
+        index = torch.randint(0, images.shape[0], (batch_size,), generator=g)
+        for i in index.tolist():
             area = size * size * uniform(*scale)
             ratio = math.exp(uniform(math.log(3 / 4), math.log(4 / 3)))
             w = min(size, max(8, round(math.sqrt(area * ratio))))
@@ -82,4 +84,5 @@ def augmented_batches(images: Tensor, batch_size: int, num_batches: int, seed: i
             if float(torch.rand((), generator=g)) < 0.5:
                 crop = crop.flip(-1)
             crops.append(crop)
-        yield normalize(torch.cat(crops))
+        batch = normalize(torch.cat(crops))
+        yield batch if labels is None else (batch, labels[index])

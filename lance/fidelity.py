@@ -8,7 +8,7 @@ from typing import Iterable, Union
 import torch
 from torch import Tensor
 
-__all__ = ["gradient_angle", "relative_error"]
+__all__ = ["gradient_angle", "relative_error", "weight_gradients", "compare_gradients"]
 
 TensorOrTensors = Union[Tensor, Iterable[Tensor]]
 
@@ -37,3 +37,27 @@ def relative_error(approx: TensorOrTensors, exact: TensorOrTensors) -> float:
     """``|approx - exact| / |exact|`` in the Frobenius norm."""
     a, b = _flat(approx), _flat(exact)
     return float((a - b).norm() / b.norm())
+
+
+def weight_gradients(model, layers, inputs, targets, loss_fn=None) -> dict:
+    """The loss gradient with respect to the weight of each named layer, on one batch.
+
+    ``loss_fn(outputs, targets)`` defaults to cross-entropy. Nothing is accumulated into
+    ``.grad``; the model's mode is left as it is."""
+    import torch.nn.functional as F
+
+    from .selection import resolve_layers
+
+    modules = resolve_layers(model, layers)
+    loss = (loss_fn or F.cross_entropy)(model(inputs), targets)
+    grads = torch.autograd.grad(loss, [m.weight for m in modules.values()])
+    return dict(zip(modules, grads))
+
+
+def compare_gradients(approx: dict, exact: dict):
+    """A pandas table, one row per layer: the angle (degrees) and relative error of an
+    approximate weight gradient against the exact one."""
+    import pandas as pd
+
+    return pd.DataFrame([{"layer": k, "angle_deg": gradient_angle(approx[k], exact[k]),
+                          "relative_error": relative_error(approx[k], exact[k])} for k in exact])

@@ -34,6 +34,10 @@ __all__ = [
     "basis_from_gram",
     "hosvd",
     "HOSVD",
+    "captured_by",
+    "truncation_bound",
+    "ranks_by_energy",
+    "compressed_numel",
 ]
 
 Factors = Sequence[Optional[Tensor]]
@@ -71,6 +75,8 @@ def mode_product(x: Tensor, matrix: Tensor, mode: int) -> Tensor:
             f"mode_product: matrix has {matrix.shape[1]} columns but mode {mode} of the tensor "
             f"has size {x.shape[mode]} (tensor shape {tuple(x.shape)})."
         )
+    if matrix.dtype != x.dtype:
+        matrix = matrix.to(x.dtype)
     return torch.tensordot(matrix, x, dims=([1], [mode])).movedim(0, mode)
 
 
@@ -127,9 +133,10 @@ def captured_energy(eigenvalues: Tensor, rank: int) -> float:
 
 
 def mode_gram(x: Tensor, mode: int) -> Tensor:
-    """``X_(m) @ X_(m)^T`` in float64: the (unnormalised) mode covariance of Eq. 2."""
-    a = unfold(x.detach(), mode).to(torch.float64)
-    return a @ a.t()
+    """``X_(m) @ X_(m)^T``, returned in float64: the (unnormalised) mode covariance of Eq. 2.
+    The product runs in the input's precision (float32 products are several times faster)."""
+    a = unfold(x.detach(), mode)
+    return (a @ a.t()).to(torch.float64)
 
 
 def basis_from_gram(gram: Tensor) -> tuple[Tensor, Tensor]:
@@ -157,6 +164,17 @@ class HOSVD:
     def numel(self) -> int:
         """Elements kept: the core plus every factor (what LANCE stores, App. C)."""
         return self.core.numel() + sum(u.numel() for u in self.factors if u is not None)
+
+    def truncate(self, energy: float) -> "HOSVD":
+        """The truncated HOSVD at another energy, from this one without a new decomposition:
+        the leading columns of each factor, and the matching corner of the core."""
+        ranks = [None if s is None else energy_rank(s, energy) for s in self.spectra]
+        if any(r is not None and r > u.shape[1] for r, u in zip(ranks, self.factors)):
+            raise LanceError("truncate needs a HOSVD that kept at least the requested ranks; "
+                             "compute it with energy=1.0.")
+        core = self.core[tuple(slice(None) if r is None else slice(0, r) for r in ranks)]
+        factors = [None if u is None else u[:, :r].contiguous() for u, r in zip(self.factors, ranks)]
+        return HOSVD(core.contiguous(), factors, self.spectra)
 
 
 def hosvd(
@@ -189,3 +207,41 @@ def hosvd(
         factors.append(vectors[:, :k].to(x.dtype).contiguous())
         spectra.append(values)
     return HOSVD(project(x, factors), factors, spectra)
+
+
+def captured_by(x: Tensor, factors: Factors) -> float:
+    """Share of ``|x|^2`` that the projection onto ``factors`` keeps: ``|core|^2 / |x|^2``.
+
+    With orthonormal factors this is also ``1 - |x - x_rec|^2 / |x|^2``: how much of a new
+    tensor a fixed (calibrated) subspace explains."""
+    total = float(x.detach().double().pow(2).sum())
+    return 1.0 if total == 0 else float(project(x.detach(), factors).double().pow(2).sum()) / total
+
+
+def truncation_bound(spectra: Sequence[Optional[Tensor]], ranks: Sequence[Optional[int]]) -> float:
+    """The HOSVD error bound: ``|x - x_rec|^2 <= sum over modes of the discarded eigenvalues``
+    of ``X_(m) X_(m)^T`` (de Lathauwer et al., 2000). Returns that sum."""
+    return float(sum(s[r:].double().sum() for s, r in zip(spectra, ranks) if s is not None and r is not None))
+
+
+def ranks_by_energy(spectra: Sequence[Optional[Tensor]], energies: Sequence[float],
+                    mode_labels: Optional[Sequence[str]] = None):
+    """A pandas table: for each energy threshold, the rank Eq. 3 picks in every mode."""
+    import pandas as pd
+
+    labels = list(mode_labels) if mode_labels else [f"mode {m}" for m in range(len(spectra))]
+    rows = []
+    for e in energies:
+        row = {"energy": e}
+        for label, s in zip(labels, spectra):
+            row[label] = None if s is None else energy_rank(s, e)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def compressed_numel(shape: Sequence[int], ranks: Sequence[Optional[int]]) -> int:
+    """Elements of a core plus its factors for a tensor of ``shape`` at ``ranks`` (App. C)."""
+    core = 1
+    for n, r in zip(shape, ranks):
+        core *= n if r is None else r
+    return core + sum(n * r for n, r in zip(shape, ranks) if r is not None)

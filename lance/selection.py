@@ -9,7 +9,7 @@ from torch import nn
 
 from .errors import LanceError, UnknownLayerError, UnsupportedLayerError
 
-__all__ = ["trainable_layers", "resolve_layers", "layer_spec", "SUPPORTED_TYPES"]
+__all__ = ["trainable_layers", "resolve_layers", "layer_spec", "set_trainable", "SUPPORTED_TYPES"]
 
 #: Module types LANCE can compress (subclasses included).
 SUPPORTED_TYPES: tuple[type, ...] = (nn.Conv2d, nn.Linear)
@@ -71,3 +71,20 @@ def layer_spec(module: nn.Module) -> dict:
                     groups=module.groups, padding=module.padding if isinstance(module.padding, str)
                     else tuple(module.padding), padding_mode=module.padding_mode)
     return spec
+
+
+def set_trainable(model: nn.Module, modules: Iterable[str]) -> list[nn.Parameter]:
+    """Freeze every parameter of ``model`` except those of the named modules (and their
+    children); returns the trainable parameters, ready for an optimiser."""
+    names = [modules] if isinstance(modules, str) else list(modules)
+    present = dict(model.named_modules())
+    unknown = [n for n in names if n not in present]
+    if unknown:
+        raise UnknownLayerError(f"the model has no modules {unknown}.")
+    trainable = []
+    for pname, p in model.named_parameters():
+        keep = any(pname.startswith(n + ".") for n in names)
+        p.requires_grad_(keep)
+        if keep:
+            trainable.append(p)
+    return trainable

@@ -1,0 +1,22 @@
+"""The paper's reported numbers, for tables that put them beside ours.
+
+They are read from ``data/paper/*.csv`` (transcribed from the paper's tables; see the README
+there) and always come labelled as the paper's: nothing here is computed by this project.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["paper_finetuning", "PAPER_DIR"]
+
+PAPER_DIR = Path(__file__).resolve().parent.parent / "data" / "paper"
+
+
+def paper_finetuning():
+    """Tables 1, 2, 8 and 9 of the paper: one row per (table, model, method, layers, dataset,
+    batch size) with ``acc`` (%), ``mb`` (activation MB) and ``tflops`` as printed (Tables 8-9's
+    GFLOPs converted to TFLOPs)."""
+    import pandas as pd
+
+    return pd.read_csv(PAPER_DIR / "finetuning.csv", dtype={"table": str})

@@ -1,0 +1,61 @@
+"""Figures of the book, as functions (the notebooks call them; no logic lives in cells)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["image_grid", "energy_curves", "style"]
+
+
+def style() -> None:
+    """The book's plotting style."""
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook", palette="colorblind")
+
+
+def image_grid(images: Tensor, titles: Optional[Sequence[str]] = None, columns: int = 10):
+    """A grid of images in [0, 1], shape (N, 3, H, W)."""
+    import matplotlib.pyplot as plt
+
+    rows = (len(images) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.45 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, img) in enumerate(zip(axes.flat, images)):
+        ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def energy_curves(spectra: Sequence[Optional[Tensor]], labels: Sequence[str], energy: float):
+    """Per mode: the eigenvalue share of each direction and the cumulative energy, with the
+    threshold ``energy`` and the rank Eq. 3 picks marked."""
+    import matplotlib.pyplot as plt
+
+    from .hosvd import energy_rank
+
+    shown = [(lab, s) for lab, s in zip(labels, spectra) if s is not None]
+    fig, axes = plt.subplots(2, len(shown), figsize=(3.2 * len(shown), 5.2), squeeze=False)
+    for j, (lab, s) in enumerate(shown):
+        s = s.double().clamp_min(0)
+        share = s / s.sum()
+        k = torch.arange(1, len(s) + 1)
+        axes[0, j].semilogy(k, share.clamp_min(1e-12), lw=1.2)
+        axes[0, j].set_title(f"{lab} mode (n = {len(s)})")
+        axes[1, j].plot(k, torch.cumsum(share, 0), lw=1.5)
+        r = energy_rank(s, energy)
+        axes[1, j].axhline(energy, color="0.4", ls="--", lw=1)
+        axes[1, j].axvline(r, color="C3", lw=1)
+        axes[1, j].annotate(f"rank {r}", (r, 0.05), color="C3", xytext=(4, 0), textcoords="offset points")
+        axes[1, j].set_ylim(0, 1.02)
+        axes[1, j].set_xlabel("direction k")
+    axes[0, 0].set_ylabel("energy share")
+    axes[1, 0].set_ylabel("cumulative energy")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,61 @@
+"""The HOSVD helpers: truncation, captured energy, the error bound, sizes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import lance
+from lance.hosvd import captured_by, compressed_numel, ranks_by_energy, truncation_bound
+
+
+def _lowrankish(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    core = torch.randn(3, 4, 3, 3, generator=g, dtype=torch.float64)
+    factors = [torch.linalg.qr(torch.randn(n, r, generator=g, dtype=torch.float64))[0]
+               for n, r in zip((6, 10, 7, 7), core.shape)]
+    return lance.expand(core, factors) + 0.05 * torch.randn(6, 10, 7, 7, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("energy", [0.3, 0.7, 0.95])
+def test_truncate_equals_fresh_hosvd(energy):
+    x = _lowrankish()
+    fresh = lance.hosvd(x, energy)
+    cut = lance.hosvd(x, 1.0).truncate(energy)
+    assert cut.ranks == fresh.ranks
+    assert torch.allclose(cut.reconstruct(), fresh.reconstruct(), atol=1e-9)
+    assert cut.numel() == compressed_numel(x.shape, fresh.ranks)
+
+
+@pytest.mark.parametrize("energy", [0.2, 0.5, 0.8, 0.99])
+def test_error_bound_holds_and_captured_energy_matches_error(energy):
+    x = _lowrankish(1)
+    full = lance.hosvd(x, 1.0)
+    h = full.truncate(energy)
+    err2 = float((x - h.reconstruct()).pow(2).sum())
+    assert err2 <= truncation_bound(full.spectra, h.ranks) * (1 + 1e-9)
+    # orthonormal factors: |core|^2 + |x - x_rec|^2 = |x|^2
+    assert captured_by(x, h.factors) == pytest.approx(1 - err2 / float(x.pow(2).sum()), rel=1e-9)
+
+
+def test_exact_low_rank_tensor_is_recovered():
+    g = torch.Generator().manual_seed(2)
+    core = torch.randn(2, 3, 2, 2, generator=g, dtype=torch.float64)
+    factors = [torch.linalg.qr(torch.randn(n, r, generator=g, dtype=torch.float64))[0]
+               for n, r in zip((5, 8, 6, 6), core.shape)]
+    x = lance.expand(core, factors)
+    h = lance.hosvd(x, ranks=[2, 3, 2, 2])
+    assert torch.allclose(h.reconstruct(), x, atol=1e-10)
+    assert captured_by(x, h.factors) == pytest.approx(1.0)
+
+
+def test_skip_modes_and_ranks_table():
+    x = _lowrankish(3)
+    h = lance.hosvd(x, 0.7, skip_modes=(0,))
+    assert h.factors[0] is None and h.core.shape[0] == x.shape[0]
+    table = ranks_by_energy(lance.hosvd(x, 1.0).spectra, [0.5, 1.0], ["b", "c", "h", "w"])
+    assert list(table.columns) == ["energy", "b", "c", "h", "w"]
+    assert table.iloc[1][["b", "c", "h", "w"]].tolist() == list(x.shape)
+    assert math.isclose(captured_by(torch.zeros(2, 2), [None, None]), 1.0)
