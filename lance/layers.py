@@ -14,6 +14,8 @@ or after the swap works unchanged, and ``state_dict()`` keys do not change.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -36,6 +38,7 @@ __all__ = [
     "compressed_layers",
     "lance_conv2d",
     "lance_linear",
+    "exact_backward",
 ]
 
 
@@ -226,6 +229,24 @@ def lance_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], factors: Seq
 # ---------------------------------------------------------------------------------------
 # Modules
 # ---------------------------------------------------------------------------------------
+class _ExactFlag(threading.local):
+    active = False
+
+
+_EXACT = _ExactFlag()
+
+
+@contextlib.contextmanager
+def exact_backward():
+    """Inside this block every LANCE layer runs as the plain layer it replaced (full input kept,
+    exact gradients): how the gradient-fidelity diagnostics get the reference gradient."""
+    previous, _EXACT.active = _EXACT.active, True
+    try:
+        yield
+    finally:
+        _EXACT.active = previous
+
+
 class LanceLayer:
     """Mixin of the compressed layers: fixed factors as (non-persistent) buffers.
 
@@ -276,7 +297,7 @@ class LanceLayer:
 
     def _wants_compression(self, x: Tensor) -> bool:
         params_need_grad = self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
-        return torch.is_grad_enabled() and params_need_grad
+        return torch.is_grad_enabled() and params_need_grad and not _EXACT.active
 
 
 class LanceConv2d(LanceLayer, nn.Conv2d):
