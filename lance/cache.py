@@ -6,7 +6,8 @@ augmentation). ``split_model`` cuts a model at the block that holds its first tr
 layer: the *prefix* computes that block's input, the *suffix* is the model with the prefix
 blocks replaced by ``nn.Identity`` (so layer names do not change). ``FeatureCache`` stores
 the prefix output of every image and of its mirror image once, on disk, and training then
-runs the suffix alone. Nothing is approximated: the suffix sees bit-identical inputs.
+runs the suffix alone. Nothing is approximated: the suffix sees the same inputs, up to the
+float32 rounding by which a convolution's result can depend on how many images share a batch.
 """
 
 from __future__ import annotations

@@ -1,0 +1,64 @@
+"""The feature cache changes no result: same logits and gradients with and without it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import lance
+from lance.cache import FeatureCache, blocks, split_model
+
+
+@pytest.mark.parametrize("arch,n", [("resnet18", 2), ("resnet18", 4), ("mobilenet_v2", 4)])
+def test_suffix_of_cached_prefix_equals_full_model(arch, n):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=7).eval()
+    layers = lance.trainable_layers(model, n)
+    split = split_model(model, layers[0])
+    assert layers[0].startswith(split.cut)
+    x = torch.randn(3, 3, 64, 64)
+    target = torch.tensor([1, 2, 3])
+    head = "fc" if arch == "resnet18" else "classifier"
+    params_full = lance.set_trainable(model, layers + [head])
+    params_split = lance.set_trainable(split.suffix, layers + [head])
+    out_full = model(x)
+    out_split = split.suffix(split.prefix(x))
+    assert torch.equal(out_full, out_split)
+    g_full = torch.autograd.grad(nn.functional.cross_entropy(out_full, target), params_full)
+    g_split = torch.autograd.grad(nn.functional.cross_entropy(out_split, target), params_split)
+    for a, b in zip(g_full, g_split):
+        assert torch.equal(a, b)
+    # the prefix leaves the original model untouched and in its mode
+    assert model.training is False and blocks(model)[0] in ("conv1", "features.0")
+
+
+def test_feature_cache_roundtrip_with_flips_and_resume(tmp_path):
+    torch.manual_seed(1)
+    model = torchvision.models.resnet18(weights=None).eval()
+    split = split_model(model, "layer4.1.conv1")
+    images = torch.randn(10, 3, 32, 32)
+    calls = []
+
+    def fetch(idx):
+        calls.append(list(idx))
+        if len(calls) == 3:  # die once, in the middle of the build
+            raise KeyboardInterrupt
+        return images[list(idx)]
+
+    cache = FeatureCache(tmp_path, {"test": 1}, n=10, flips=True)
+    with pytest.raises(KeyboardInterrupt):
+        cache.build(fetch, split.prefix, batch_size=4, progress=False)
+    assert not cache.complete
+    cache.build(fetch, split.prefix, batch_size=4, progress=False)  # resumes at sample 4
+    assert cache.complete and calls[-2][0] == 4
+    feats = cache.load()
+    got = cache.batch(feats, [0, 5, 9], [0, 1, 0])
+    want = torch.stack([split.prefix(images[[0]])[0], split.prefix(images[[5]].flip(-1))[0],
+                        split.prefix(images[[9]])[0]])
+    # computed in batches of 4 vs one at a time: equal up to float32 rounding of batched kernels
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    again = FeatureCache(tmp_path, {"test": 1}, n=10, flips=True)
+    assert again.complete and again.dir == cache.dir
+    assert FeatureCache(tmp_path, {"test": 2}, n=10, flips=True).dir != cache.dir
