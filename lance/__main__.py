@@ -40,6 +40,28 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .finetune import PROFILES, FinetuneConfig, finetune
+
+    values = dict(PROFILES[args.profile])
+    for f in dataclasses.fields(FinetuneConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    cfg = FinetuneConfig(**values)
+    out = None if args.no_save else args.out
+    record = finetune(cfg, data_dir=args.data_dir, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
+                      out_dir=out, checkpoint_dir=args.checkpoint_dir, overwrite=args.force,
+                      progress=not args.no_progress)
+    m = record["metrics"]
+    print(f"{cfg.model} {cfg.dataset} {cfg.method} L{cfg.layers}: accuracy {m['accuracy']:.2f} %, "
+          f"activation {m['activation_mb']:.3f} MiB (measured {m['activation_mb_measured']:.3f}), "
+          f"{m['train_tflops']:.4f} TFLOPs per iteration")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lance", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -70,6 +92,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="also write the figures and provenance as JSON")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_benchmark)
+
+    p = commands.add_parser("finetune", help="fine-tune the last n layers with BP, HOSVD, ASI or LANCE")
+    p.add_argument("--profile", default="paper", choices=["smoke", "book", "paper"],
+                   help="defaults for the size of the run (paper: the paper's full setting)")
+    p.add_argument("--model", help="mobilenet_v2 | resnet18 | resnet34 | mcunet-in2 | mcunet-in3")
+    p.add_argument("--dataset", help="cifar100 | cifar10 | pets | flowers102 | cub200 | fashion_mnist | ...")
+    p.add_argument("--method", choices=["bp", "hosvd", "asi", "lance"])
+    p.add_argument("--layers", type=int, help="number of last conv layers to train")
+    p.add_argument("--energy", type=float)
+    p.add_argument("--hosvd-energy", dest="hosvd_energy", type=float)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", choices=["script", "table4"])
+    p.add_argument("--calibration-batches", dest="calibration_batches", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resolution", type=int)
+    p.add_argument("--classes", type=int, nargs=2, metavar=("FIRST", "END"), help="fine-tune on classes [FIRST, END)")
+    p.add_argument("--pretrained", help="'imagenet' or a state_dict file")
+    p.add_argument("--train-limit", dest="train_limit", type=int)
+    p.add_argument("--test-limit", dest="test_limit", type=int)
+    p.add_argument("--data-dir", default=None, help="datasets directory (default: $LANCE_DATA_DIR)")
+    p.add_argument("--weights-dir", default=None, help="weights directory (default: $LANCE_WEIGHTS_DIR)")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default: $LANCE_CACHE_DIR or ~/.cache/lance)")
+    p.add_argument("--out", type=Path, default=Path("data/results/finetune"))
+    p.add_argument("--checkpoint-dir", type=Path, default=Path("_build/checkpoints"))
+    p.add_argument("--no-save", action="store_true", help="do not write a result file")
+    p.add_argument("--force", action="store_true", help="replace an existing result file")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_finetune)
 
     return parser
 
