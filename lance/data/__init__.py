@@ -1,0 +1,32 @@
+"""The project's data layer.
+
+Datasets, from files the user has (nothing is downloaded unless asked)::
+
+    train = lance.data.load("cifar100", "train")          # ImageSet: uint8 (N, H, W, C), labels, classes
+    first = lance.data.split_classes(train, range(50))    # pretrain half, relabelled 0..49
+    ds = lance.data.ImageDataset(first, lance.data.transforms(224, train=True))
+
+* :func:`load` ``(name, split, data_dir=None, download=False, verify=True)`` for ``cifar10``,
+  ``cifar100``, ``mnist``, ``fashion_mnist``, ``svhn``, ``notmnist``, ``pets``, ``flowers102``,
+  ``cub200``, ``miniimagenet``; :func:`data_dir` says which data directory is used
+  (``data_dir=``, else ``$LANCE_DATA_DIR``); :mod:`lance.data.locate` explains the search.
+* :class:`ImageSet`, :func:`split_classes`: the common in-memory form and class subsets.
+* :class:`ImageDataset`, :func:`transforms`: a torch ``Dataset`` and the paper's preprocessing.
+* :data:`checksums.KNOWN_MD5`: the published md5 sums every load checks.
+* :func:`sample_images`, :func:`augmented_batches`, :func:`normalize`: the 20 ImageNet photographs
+  of the book's live demonstrations (:mod:`lance.data.samples`).
+"""
+
+from .catalog import DATASETS, load, source
+from .checksums import KNOWN_MD5, md5_of, verify_md5
+from .dataset import ImageDataset, transforms
+from .imageset import ImageSet, split_classes
+from .locate import ENV_VAR, data_dir
+from .samples import augmented_batches, normalize, sample_images
+
+__all__ = [
+    "load", "DATASETS", "source", "data_dir", "ENV_VAR",
+    "ImageSet", "split_classes", "ImageDataset", "transforms",
+    "KNOWN_MD5", "md5_of", "verify_md5",
+    "sample_images", "augmented_batches", "normalize",
+]

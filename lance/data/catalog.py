@@ -1,0 +1,96 @@
+"""The datasets by name, and :func:`load`, the one entry point that finds, checks and reads them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..errors import LanceError
+from . import cifar, cub, flowers, locate, miniimagenet, mnist, notmnist, pets, svhn
+from .imageset import ImageSet
+from .locate import PathLike, Search, Source
+
+__all__ = ["DATASETS", "load", "source"]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    source: Source
+    find: Callable[[Search, str], Optional[Path]]
+    read: Callable[[Source, Path, str, bool], ImageSet]
+    fetch: Optional[Callable[[Path, str], None]] = None   # torchvision download into a root
+
+
+def _tv(cls_name: str, args: Callable[[str], dict]) -> Callable[[Path, str], None]:
+    """Download with ``torchvision.datasets.<cls_name>(root, download=True, **args(split))``; it
+    writes the official folder names that :func:`load` then finds."""
+    def fetch(root: Path, split: str) -> None:
+        import torchvision.datasets as tvd
+
+        getattr(tvd, cls_name)(str(root), download=True, **args(split))
+    return fetch
+
+
+def _train_flag(split: str) -> dict:
+    return {"train": split == "train"}
+
+
+def _split(split: str) -> dict:
+    return {"split": split}
+
+DATASETS: dict[str, _Entry] = {
+    "cifar10": _Entry(cifar.CIFAR10, cifar.find, cifar.read, _tv("CIFAR10", _train_flag)),
+    "cifar100": _Entry(cifar.CIFAR100, cifar.find, cifar.read, _tv("CIFAR100", _train_flag)),
+    "mnist": _Entry(mnist.MNIST, mnist.find, mnist.read, _tv("MNIST", _train_flag)),
+    "fashion_mnist": _Entry(mnist.FASHION_MNIST, mnist.find, mnist.read, _tv("FashionMNIST", _train_flag)),
+    "svhn": _Entry(svhn.SVHN, svhn.find, svhn.read, _tv("SVHN", _split)),
+    "notmnist": _Entry(notmnist.NOTMNIST, notmnist.find, notmnist.read),
+    "pets": _Entry(pets.PETS, pets.find, pets.read,
+                   _tv("OxfordIIITPet", lambda s: {"split": "test" if s == "test" else "trainval"})),
+    "flowers102": _Entry(flowers.FLOWERS102, flowers.find, flowers.read, _tv("Flowers102", _split)),
+    "cub200": _Entry(cub.CUB200, cub.find, cub.read),
+    "miniimagenet": _Entry(miniimagenet.MINIIMAGENET, miniimagenet.find, miniimagenet.read),
+}
+
+
+def source(name: str) -> Source:
+    """What is known about dataset ``name``: official files, layout, splits."""
+    return _entry(name).source
+
+
+def _entry(name: str) -> _Entry:
+    if name not in DATASETS:
+        raise LanceError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def load(name: str, split: str = "train", data_dir: Optional[PathLike] = None, *,
+         download: bool = False, verify: bool = True) -> ImageSet:
+    """Dataset ``name``'s ``split`` as an :class:`ImageSet`.
+
+    Files are looked for in the data directory (``data_dir``, else ``$LANCE_DATA_DIR``) under the
+    official folder names, then in registry packages that carry the dataset; with ``download=True``
+    torchvision fetches what it can into the data directory (offline: an immediate, clear error).
+    Every official file with a published md5 is checked before it is parsed (``verify=False``
+    skips this, for knowingly repacked files). Raises :class:`~lance.errors.LanceError` naming
+    every place looked at and how to obtain the files when they are not found.
+    """
+    entry = _entry(name)
+    if split not in entry.source.splits:
+        raise LanceError(f"{name} has no split {split!r}; it has {', '.join(entry.source.splits)}")
+    root_dir = locate.data_dir(data_dir)
+    search = Search(entry.source, root_dir, verify)
+    found = entry.find(search, split)
+    if found is None and download:
+        _download(entry, root_dir, split)
+        search = Search(entry.source, root_dir, verify)
+        found = entry.find(search, split)
+    if found is None:
+        raise search.not_found(split)
+    return entry.read(entry.source, found, split, verify)
+
+
+def _download(entry: _Entry, root: Optional[Path], split: str) -> None:
+    fetch = entry.fetch
+    locate.download(entry.source, root, (lambda r: fetch(r, split)) if fetch else (lambda r: None))
