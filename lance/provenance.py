@@ -119,9 +119,11 @@ def provenance(config: Any = None, seed: int | None = None, wall_time_s: float |
     """One record for a result file: timestamp (UTC), git commit, versions, hardware, and the
     run's ``config`` (a dataclass is converted with :func:`dataclasses.asdict`), ``seed`` and
     ``wall_time_s``."""
+    commit = git_commit()
     return {
         "timestamp_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
+        "commit": commit,
+        "git_commit": commit,
         "versions": versions(),
         "hardware": hardware(),
         "config": _jsonable(config),
