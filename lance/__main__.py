@@ -62,6 +62,33 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    """Every combination of models x methods x layers (x batch sizes), skipping finished ones."""
+    import itertools
+    import traceback
+
+    from .finetune import PROFILES, FinetuneConfig, finetune, result_name
+
+    failures = 0
+    for model, layers, bs, method in itertools.product(args.models, args.layers, args.batch_sizes, args.methods):
+        values = dict(PROFILES[args.profile], model=model, dataset=args.dataset, method=method, layers=layers,
+                      batch_size=bs, seed=args.seed)
+        if args.epochs:
+            values["epochs"] = args.epochs
+        cfg = FinetuneConfig(**values)
+        if (args.out / result_name(cfg)).exists():
+            print(f"done already: {result_name(cfg)}", flush=True)
+            continue
+        print(f"running: {result_name(cfg)}", flush=True)
+        try:
+            finetune(cfg, data_dir=args.data_dir, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
+                     out_dir=args.out, checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress)
+        except Exception:  # keep going with the other runs; the log says what failed
+            failures += 1
+            traceback.print_exc()
+    return 1 if failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lance", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -122,6 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing result file")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_finetune)
+
+    p = commands.add_parser("sweep", help="run many fine-tuning configurations, skipping finished ones")
+    p.add_argument("--profile", default="paper", choices=["smoke", "book", "paper"])
+    p.add_argument("--models", nargs="+", default=["mcunet-in2"])
+    p.add_argument("--dataset", default="cifar100")
+    p.add_argument("--methods", nargs="+", default=["lance", "bp", "asi", "hosvd"])
+    p.add_argument("--layers", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--batch-sizes", dest="batch_sizes", type=int, nargs="+", default=[128])
+    p.add_argument("--epochs", type=int, default=0, help="override the profile's epochs")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--weights-dir", default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--out", type=Path, default=Path("data/results/finetune"))
+    p.add_argument("--checkpoint-dir", type=Path, default=Path("_build/checkpoints"))
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_sweep)
 
     return parser
 
