@@ -206,6 +206,7 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
     from .results import write_result
 
     start_time = time.perf_counter()
+    started = provenance(config=dataclasses.asdict(cfg), seed=cfg.seed)  # the code that runs is today's
     out_path = Path(out_dir) / result_name(cfg) if out_dir else None
     if out_path is not None and out_path.exists() and not overwrite:
         raise LanceError(f"{out_path} exists; pass overwrite=True (--force) to replace it, or change the config.")
@@ -364,7 +365,7 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
             "weights": weights_source,
             "cut": split.cut,
         },
-        "provenance": provenance(config=dataclasses.asdict(cfg), seed=cfg.seed, wall_time_s=wall),
+        "provenance": {**started, "wall_time_s": wall, "finished_utc": provenance()["timestamp_utc"]},
     }
     if out_path is not None:
         write_result(out_path, record, overwrite=overwrite)
