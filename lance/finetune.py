@@ -59,6 +59,8 @@ class FinetuneConfig:
     pretrained: str = "imagenet"  # or the path of a state_dict (split-protocol pretraining)
     train_limit: int = 0  # use only this many training images (0: all); for demonstrations
     test_limit: int = 0
+    cache_cut: int = 4  # cut the cached prefix before the last max(layers, cache_cut) convs, so that
+    # runs with 2 and 4 layers share one cache (the frozen blocks in between run in the suffix)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -225,7 +227,7 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
     model, weights_source = _build_model(cfg, num_classes, weights_dir)
     model.eval()  # frozen BatchNorm and Dropout, as in the paper
     layers = trainable_layers(model, cfg.layers)
-    split = split_model(model, layers[0])
+    split = split_model(model, trainable_layers(model, max(cfg.layers, cfg.cache_cut))[0])
     suffix = split.suffix.eval()
     params = set_trainable(suffix, layers + [_head_name(suffix)])
     cache_root = Path(cache_dir or os.environ.get("LANCE_CACHE_DIR", Path.home() / ".cache" / "lance"))

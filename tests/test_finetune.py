@@ -1,0 +1,88 @@
+"""The fine-tuning trainer end to end on a slice of the real CIFAR-100 (skipped without it)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import lance
+import lance.finetune as ft
+from lance.finetune import FinetuneConfig, finetune, result_name
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+DATA = os.environ.get("LANCE_DATA_DIR") or (str(SHARED) if SHARED.is_dir() else None)
+pytestmark = pytest.mark.skipif(
+    DATA is None or not (Path(DATA) / "cifar-100-python").is_dir() or lance.models.weights_file("mobilenet_v2") is None,
+    reason="needs CIFAR-100 (LANCE_DATA_DIR or ../shared/datasets) and the MobileNetV2 weights package")
+
+
+def _cfg(method, **kw):
+    return FinetuneConfig(model="mobilenet_v2", dataset="cifar100", method=method, layers=2, epochs=2,
+                          batch_size=32, resolution=64, train_limit=96, test_limit=64, calibration_batches=2,
+                          classes=(50, 60), **kw)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.mark.parametrize("method", ["bp", "lance", "hosvd", "asi"])
+def test_result_record_has_the_agreed_keys_and_measured_memory(method, tmp_path, cache_dir):
+    rec = finetune(_cfg(method), data_dir=DATA, cache_dir=cache_dir, out_dir=tmp_path, progress=False, log=lambda *_: 0)
+    path = tmp_path / result_name(_cfg(method))
+    on_disk = json.loads(path.read_text())
+    for key in ("model", "dataset", "method", "layers", "energy", "epochs", "batch_size", "seed"):
+        assert key in on_disk["config"]
+    for key in ("accuracy", "activation_mb", "activation_mb_measured", "train_tflops"):
+        assert isinstance(on_disk["metrics"][key], float)
+    assert on_disk["provenance"]["commit"]
+    m = rec["metrics"]
+    assert 0 <= m["accuracy"] <= 100 and m["num_classes"] == 10 and m["train_images"] == 96
+    if method in ("bp", "lance", "asi"):  # fixed shapes: analytic and measured agree to the byte
+        assert m["activation_mb"] == pytest.approx(m["activation_mb_measured"], rel=1e-12)
+    if method == "bp":
+        assert m["activation_mb"] == m["bp_activation_mb"] and m["angle_deg"] == [{}, {}]
+    else:
+        assert m["activation_mb"] < m["bp_activation_mb"]
+        assert all(0 <= a < 180 for epoch in m["angle_deg"] for a in epoch.values())
+    if method == "hosvd":
+        assert m["decomposition_tflops"] > 0
+    with pytest.raises(lance.LanceError, match="exists"):
+        finetune(_cfg(method), data_dir=DATA, cache_dir=cache_dir, out_dir=tmp_path, progress=False)
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, cache_dir, monkeypatch):
+    cfg = _cfg("lance")
+    whole = finetune(cfg, data_dir=DATA, cache_dir=cache_dir, progress=False)
+    real_evaluate = ft._evaluate
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # during epoch 2, after epoch 1's checkpoint
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "_evaluate", dying)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(cfg, data_dir=DATA, cache_dir=cache_dir, checkpoint_dir=tmp_path, progress=False)
+    monkeypatch.setattr(ft, "_evaluate", real_evaluate)
+    messages = []
+    resumed = finetune(cfg, data_dir=DATA, cache_dir=cache_dir, checkpoint_dir=tmp_path, progress=False,
+                       log=messages.append)
+    assert any("resumed" in str(msg) for msg in messages)
+    for a, b in zip(whole["metrics"]["history"], resumed["metrics"]["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+        assert a["test_acc"] == b["test_acc"]
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(lance.LanceError, match="method"):
+        FinetuneConfig(method="sgd")
+    with pytest.raises(lance.LanceError, match="optimizer"):
+        FinetuneConfig(optimizer="adam")
