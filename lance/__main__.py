@@ -89,6 +89,27 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _cmd_latency(args: argparse.Namespace) -> int:
+    """The paper's latency experiment (Sec. 3.4, Fig. 5): forward / backward / total time per step."""
+    import dataclasses
+
+    from .latency import LatencyConfig, format_latency, result_record, run_latency
+    from .results import write_result
+
+    if args.out and args.out.exists() and not args.force:
+        print(f"not overwriting {args.out}: pass --force to replace it")
+        return 1
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(LatencyConfig)
+              if getattr(args, f.name, None) is not None}
+    record = run_latency(LatencyConfig(**values), data_dir=args.data_dir, weights_dir=args.weights_dir)
+    print()
+    print(format_latency(record))
+    if args.out:
+        write_result(args.out, result_record(record), overwrite=args.force)
+        print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lance", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -166,6 +187,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", type=Path, default=Path("_build/checkpoints"))
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_sweep)
+
+    p = commands.add_parser("latency", help="forward, backward and total time of a fine-tuning step for 1..10 "
+                            "trainable layers, BP / HOSVD / ASI / LANCE (the paper's Fig. 5)")
+    p.add_argument("--model", help="default mcunet-in2")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="default 128")
+    p.add_argument("--resolution", type=int, help="input size in px (default 0: the model's native one)")
+    p.add_argument("--layers", dest="layer_counts", type=int, nargs="+", help="numbers of last conv layers "
+                   "trained (default 1 ... 10)")
+    p.add_argument("--methods", nargs="+", choices=["bp", "hosvd", "asi", "lance"])
+    p.add_argument("--iterations", type=int, help="timed steps per trial, after one warm-up step (default 5)")
+    p.add_argument("--trials", type=int, help="default 5")
+    p.add_argument("--energy", type=float, help="LANCE's threshold, also fixes ASI's ranks (default 0.7)")
+    p.add_argument("--hosvd-energy", dest="hosvd_energy", type=float, help="default 0.8")
+    p.add_argument("--calibration-batches", dest="calibration_batches", type=int, help="default 4")
+    p.add_argument("--num-classes", dest="num_classes", type=int, help="classes of the new head (default 10)")
+    p.add_argument("--data", choices=["auto", "cifar100", "samples"], help="inputs (default auto: CIFAR-100 if "
+                   "found, else the sample photographs)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="torch threads (default 1; 0: torch's default)")
+    p.add_argument("--data-dir", default=None, help="datasets directory (default: $LANCE_DATA_DIR)")
+    p.add_argument("--weights-dir", default=None, help="weights directory (default: $LANCE_WEIGHTS_DIR)")
+    p.add_argument("--out", type=Path, default=None, help="write the record as a JSON result file (atomically)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.set_defaults(func=_cmd_latency)
 
     return parser
 
