@@ -70,9 +70,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from .finetune import PROFILES, FinetuneConfig, finetune, result_name
 
     failures = 0
-    for model, layers, bs, method in itertools.product(args.models, args.layers, args.batch_sizes, args.methods):
+    grid = itertools.product(args.models, args.layers, args.batch_sizes, args.energies, args.calibration_batches,
+                             args.seeds, args.methods)
+    for model, layers, bs, energy, n_cal, seed, method in grid:
         values = dict(PROFILES[args.profile], model=model, dataset=args.dataset, method=method, layers=layers,
-                      batch_size=bs, seed=args.seed)
+                      batch_size=bs, seed=seed, energy=energy)
+        if n_cal:
+            values["calibration_batches"] = n_cal
         if args.epochs:
             values["epochs"] = args.epochs
         cfg = FinetuneConfig(**values)
@@ -178,8 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=["lance", "bp", "asi", "hosvd"])
     p.add_argument("--layers", type=int, nargs="+", default=[2, 4])
     p.add_argument("--batch-sizes", dest="batch_sizes", type=int, nargs="+", default=[128])
+    p.add_argument("--energies", type=float, nargs="+", default=[0.7])
+    p.add_argument("--calibration-batches", dest="calibration_batches", type=int, nargs="+", default=[0],
+                   help="numbers of calibration batches (0: the profile's)")
     p.add_argument("--epochs", type=int, default=0, help="override the profile's epochs")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seeds", type=int, nargs="+", default=[42])
     p.add_argument("--data-dir", default=None)
     p.add_argument("--weights-dir", default=None)
     p.add_argument("--cache-dir", default=None)

@@ -8,7 +8,7 @@ from typing import Iterable, Union
 import torch
 from torch import Tensor
 
-__all__ = ["gradient_angle", "relative_error", "weight_gradients", "compare_gradients"]
+__all__ = ["gradient_angle", "relative_error", "weight_gradients", "compare_gradients", "angle_sweep"]
 
 TensorOrTensors = Union[Tensor, Iterable[Tensor]]
 
@@ -61,3 +61,33 @@ def compare_gradients(approx: dict, exact: dict):
 
     return pd.DataFrame([{"layer": k, "angle_deg": gradient_angle(approx[k], exact[k]),
                           "relative_error": relative_error(approx[k], exact[k])} for k in exact])
+
+
+def angle_sweep(model, layers, batches, calibration, energies, loss_fn=None):
+    """The angle between LANCE's and the exact weight gradient, per layer and batch, for each
+    energy threshold, with the memory ratio (BP bytes / LANCE bytes) beside it (paper Fig. 4).
+
+    ``model`` is the plain (uncompressed) model, ``batches`` a list of ``(inputs, targets)``;
+    ``calibration`` is re-truncated at every energy (:meth:`Calibration.truncate`), so one
+    calibration serves the whole sweep."""
+    import copy
+
+    import pandas as pd
+
+    from .accounting import activation_memory
+    from .layers import compress
+
+    exact = [weight_gradients(model, layers, x, y, loss_fn) for x, y in batches]
+    in_size, batch_size = tuple(batches[0][0].shape[1:]), batches[0][0].shape[0]
+    rows = []
+    for energy in energies:
+        cal = calibration.truncate(energy)
+        compressed = compress(copy.deepcopy(model), cal, layers)
+        memory = activation_memory(model, layers, in_size, batch_size, calibration=cal).set_index("layer")
+        for b, ((x, y), ref) in enumerate(zip(batches, exact)):
+            approx = weight_gradients(compressed, layers, x, y, loss_fn)
+            for name in layers:
+                rows.append({"energy": energy, "layer": name, "batch": b,
+                             "angle_deg": gradient_angle(approx[name], ref[name]),
+                             "memory_ratio": float(memory.loc[name, "memory_ratio"])})
+    return pd.DataFrame(rows)

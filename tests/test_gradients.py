@@ -161,3 +161,22 @@ def test_gradient_angle_known_values():
     assert lance.gradient_angle(a, -a) == pytest.approx(180.0)
     with pytest.raises(ValueError):
         lance.gradient_angle(a, torch.zeros(2))
+
+
+def test_angle_sweep_matches_direct_angles_and_is_zero_at_full_energy():
+    model = _small_cnn()
+    layers = ["3", "5"]
+    data = random_batches((6, 3, 8, 8), n=3, seed=7)
+    batches = [(x, torch.randint(0, 5, (6,), generator=torch.Generator().manual_seed(i))) for i, x in enumerate(data)]
+    cal = lance.calibrate(model, data, layers, energy=0.5)
+    sweep = lance.fidelity.angle_sweep(model, layers, batches[:2], cal, [0.5, 1.0])
+    assert len(sweep) == 2 * 2 * 2
+    full = sweep[sweep.energy == 1.0]
+    assert (full.angle_deg < 1e-5).all()
+    # one entry recomputed by hand
+    direct = lance.compress(copy.deepcopy(model), cal.truncate(0.5))
+    exact = lance.weight_gradients(model, layers, *batches[1])
+    approx = lance.weight_gradients(direct, layers, *batches[1])
+    row = sweep[(sweep.energy == 0.5) & (sweep.batch == 1) & (sweep.layer == "5")].iloc[0]
+    assert row.angle_deg == pytest.approx(lance.gradient_angle(approx["5"], exact["5"]), abs=1e-9)
+    assert row.memory_ratio > 0
