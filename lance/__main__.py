@@ -130,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         "benchmark",
         help="time and saved bytes of one training step, BP against LANCE (ResNet18, 224 px, batch 128)",
     )
-    p.add_argument("--model", default="resnet18", choices=["resnet18", "resnet34"])
-    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--model", default="resnet18", help="resnet18 | resnet34 | mobilenet_v2 | mcunet-in2 | ...")
+    p.add_argument("--resolution", type=int, default=0, help="input size (default: the model's native)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--energy", type=float, default=0.7)
     p.add_argument("--layers", type=int, nargs="+", default=[2, 4], help="numbers of last conv layers to train")

@@ -5,7 +5,8 @@ head) of ResNet18 at 224 px and batch 128, as the paper does, and prints, measur
 run: the forward and backward time of one training step (median and range over repeats)
 and the bytes autograd saves for the trainable layers, for BP and for LANCE at eps 0.7, and
 their ratios. The frozen trunk's output is computed once and reused: the step timed is the
-part of the network that training runs through (ResNet's ``layer4`` and head).
+part of the network that training runs through (from the block of the first trained layer
+of the deepest setting to the head). ``--model`` takes any model ``lance.models.build`` knows.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from torch import nn
 from .accounting import MIB, activation_memory, measured_bytes, saved_tensors
 from .calibration import calibrate
 from .layers import compress
-from .selection import trainable_layers
+from .cache import split_model
+from .selection import head_name, set_trainable, trainable_layers
 
 __all__ = ["BenchmarkConfig", "run_benchmark", "format_report"]
 
@@ -30,7 +32,7 @@ __all__ = ["BenchmarkConfig", "run_benchmark", "format_report"]
 @dataclass
 class BenchmarkConfig:
     model: str = "resnet18"
-    resolution: int = 224
+    resolution: int = 0  # 0: the model's native resolution
     batch_size: int = 128
     energy: float = 0.7
     layer_counts: tuple[int, ...] = (2, 4)
@@ -57,36 +59,21 @@ class StepResult:
         return [f + b for f, b in zip(self.forward_s, self.backward_s)]
 
 
-class _Tail(nn.Module):
-    """ResNet's last stage and head, fed with the cached output of the stage before."""
-
-    def __init__(self, resnet: nn.Module):
-        super().__init__()
-        self.layer4, self.avgpool, self.fc = resnet.layer4, resnet.avgpool, resnet.fc
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.avgpool(self.layer4(x)), 1))
-
-
-def _trunk(resnet: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    r = resnet
-    with torch.no_grad():
-        return r.layer3(r.layer2(r.layer1(r.maxpool(r.relu(r.bn1(r.conv1(x)))))))
-
-
-def _time_steps(tail: nn.Module, x: torch.Tensor, target: torch.Tensor, repeats: int, result: StepResult) -> None:
-    params = [p for p in tail.parameters() if p.requires_grad]
-    for i in range(repeats + 1):  # the first step warms up and is not counted
-        for p in params:
-            p.grad = None
-        t0 = time.perf_counter()
-        loss = nn.functional.cross_entropy(tail(x), target)
-        t1 = time.perf_counter()
-        loss.backward()
-        t2 = time.perf_counter()
-        if i:
-            result.forward_s.append(t1 - t0)
-            result.backward_s.append(t2 - t1)
+def _time_steps(models: dict, x: torch.Tensor, target: torch.Tensor, repeats: int, results: dict) -> None:
+    """Time one training step of every model, alternating between them so that a change in the
+    machine's load hits all methods alike; the first round warms up and is not counted."""
+    for i in range(repeats + 1):
+        for method, model in models.items():
+            for p in model.parameters():
+                p.grad = None
+            t0 = time.perf_counter()
+            loss = nn.functional.cross_entropy(model(x), target)
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            if i:
+                results[method].forward_s.append(t1 - t0)
+                results[method].backward_s.append(t2 - t1)
 
 
 def run_benchmark(cfg: BenchmarkConfig, log=print) -> dict:
@@ -103,33 +90,35 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> dict:
     weights_note = str(weights) if weights else "none found: random initialisation (set LANCE_WEIGHTS_DIR)"
     log(f"model {cfg.model}, ImageNet weights: {weights_note}")
     net.eval()  # frozen BatchNorm, as in the paper's fine-tuning
-    images, _ = data.sample_images(cfg.resolution)
-    log(f"trunk output for {cfg.calibration_batches + 1} batches of {cfg.batch_size} real images ...")
-    batches = [_trunk(net, b) for b in data.augmented_batches(images, cfg.batch_size, cfg.calibration_batches + 1,
-                                                            seed=cfg.seed)]
+    resolution = cfg.resolution or models.resolution(cfg.model)
+    images, _ = data.sample_images(resolution)
+    # the frozen part before the deepest setting runs once; what is timed is the rest
+    split = split_model(net, trainable_layers(net, max(cfg.layer_counts))[0])
+    log(f"frozen part (up to {split.cut}) for {cfg.calibration_batches + 1} batches of {cfg.batch_size} real images ...")
+    batches = [split.prefix(b) for b in data.augmented_batches(images, cfg.batch_size, cfg.calibration_batches + 1,
+                                                                seed=cfg.seed)]
     x, calib_inputs = batches[0], batches[1:]
     target = torch.randint(0, 100, (cfg.batch_size,), generator=torch.Generator().manual_seed(cfg.seed))
-    tail = _Tail(net)
     in_size = tuple(x.shape[1:])
     results: list[StepResult] = []
     for n in cfg.layer_counts:
         names = trainable_layers(net, n)
-        if not all(name.startswith("layer4.") for name in names):
-            raise ValueError(f"the benchmark times ResNet's layer4 and head; {n} layers reach outside it.")
-        base = copy.deepcopy(tail)
-        for pname, p in base.named_parameters():
-            p.requires_grad_(pname.startswith("fc.") or pname.rsplit(".", 1)[0] in names)
+        base = copy.deepcopy(split.suffix)
+        set_trainable(base, names + [head_name(base)])
         cal = calibrate(base, calib_inputs, names, energy=cfg.energy, num_batches=cfg.calibration_batches)
         table = activation_memory(base, names, in_size, cfg.batch_size, calibration=cal)
-        for method in ("bp", "lance"):
-            model = compress(copy.deepcopy(base), cal) if method == "lance" else base
+        nets = {"bp": base, "lance": compress(copy.deepcopy(base), cal)}
+        step = {}
+        for method, model in nets.items():
             res = StepResult(n, method)
             report = saved_tensors(model, x)
             res.saved_bytes = sum(measured_bytes(report, names).values())
             res.total_saved_bytes = int(report[report.kind != "parameter"].drop_duplicates("storage").bytes.sum())
             res.analytic_bytes = int(table[f"{method}_bytes"].sum())
             res.ranks = {name: list(cal[name].ranks) for name in names} if method == "lance" else {}
-            _time_steps(model, x, target, cfg.repeats, res)
+            step[method] = res
+        _time_steps(nets, x, target, cfg.repeats, step)
+        for method, res in step.items():
             results.append(res)
             log(f"  {n} layers, {method:5s}: step {statistics.median(res.step_s) * 1e3:8.1f} ms, "
                 f"saved {res.saved_bytes / MIB:8.3f} MiB")
@@ -146,12 +135,12 @@ def format_report(out: dict) -> str:
     cfg = out["config"]
     rows = {(r["layers"], r["method"]): r for r in out["results"]}
     lines = [
-        f"LANCE benchmark: {cfg['model']} at {cfg['resolution']} px, batch {cfg['batch_size']}, "
+        f"LANCE benchmark: {cfg['model']} at {cfg['resolution'] or 'native'} px, batch {cfg['batch_size']}, "
         f"eps {cfg['energy']}, {cfg['calibration_batches']} calibration batches, "
         f"{out['provenance'].get('hardware', {}).get('torch_threads', '?')} threads",
         f"weights: {cfg['weights']}",
-        f"times: median [min, max] of {cfg['repeats']} steps after one warm-up; the trunk before layer4 is "
-        "frozen and its output reused",
+        f"times: median [min, max] of {cfg['repeats']} steps after one warm-up; the frozen part before the "
+        "trained blocks runs once and its output is reused",
         "",
         f"{'layers':>6} {'method':>6} {'forward ms':>22} {'backward ms':>22} {'step ms':>22} "
         f"{'saved MiB':>10} {'analytic MiB':>12} {'all saved MiB':>13}",

@@ -30,7 +30,7 @@ from .calibration import calibrate
 from .errors import LanceError
 from .fidelity import gradient_angle
 from .layers import compress, compressed_layers, exact_backward
-from .selection import set_trainable, trainable_layers
+from .selection import head_name, set_trainable, trainable_layers
 
 __all__ = ["FinetuneConfig", "PROFILES", "finetune", "result_name", "METHODS"]
 
@@ -125,13 +125,6 @@ def _image_fn(imageset, resolution: int):
     return lambda idx: torch.stack([ds[i][0] for i in idx])
 
 
-def _head_name(model: nn.Module) -> str:
-    for name in ("fc", "classifier"):
-        if hasattr(model, name):
-            return name
-    raise LanceError(f"cannot find the classifier head of {type(model).__name__}.")
-
-
 def _build_model(cfg: FinetuneConfig, num_classes: int, weights_dir) -> tuple[nn.Module, str]:
     from . import models
 
@@ -145,7 +138,7 @@ def _build_model(cfg: FinetuneConfig, num_classes: int, weights_dir) -> tuple[nn
             raise LanceError(f"pretrained checkpoint {path} not found; pass 'imagenet' or a state_dict file.")
         model = models.build(cfg.model, num_classes=num_classes, pretrained=False, weights_dir=weights_dir)
         state = torch.load(path, map_location="cpu", weights_only=True)
-        head = _head_name(model)
+        head = head_name(model)
         state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith(head + ".") for k in missing):
@@ -229,7 +222,7 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
     layers = trainable_layers(model, cfg.layers)
     split = split_model(model, trainable_layers(model, max(cfg.layers, cfg.cache_cut))[0])
     suffix = split.suffix.eval()
-    params = set_trainable(suffix, layers + [_head_name(suffix)])
+    params = set_trainable(suffix, layers + [head_name(suffix)])
     cache_root = Path(cache_dir or os.environ.get("LANCE_CACHE_DIR", Path.home() / ".cache" / "lance"))
     caches = {}
     for name, subset, flips in (("train", train, True), ("test", test, False)):

@@ -9,7 +9,7 @@ from torch import nn
 
 from .errors import LanceError, UnknownLayerError, UnsupportedLayerError
 
-__all__ = ["trainable_layers", "resolve_layers", "layer_spec", "set_trainable", "SUPPORTED_TYPES"]
+__all__ = ["trainable_layers", "resolve_layers", "layer_spec", "set_trainable", "head_name", "SUPPORTED_TYPES"]
 
 #: Module types LANCE can compress (subclasses included).
 SUPPORTED_TYPES: tuple[type, ...] = (nn.Conv2d, nn.Linear)
@@ -88,3 +88,12 @@ def set_trainable(model: nn.Module, modules: Iterable[str]) -> list[nn.Parameter
         if keep:
             trainable.append(p)
     return trainable
+
+
+def head_name(model: nn.Module) -> str:
+    """Name of the classifier head (always trained, never one of the n layers): ``fc`` for
+    ResNets, ``classifier`` for MobileNetV2 and MCUNet."""
+    for name in ("fc", "classifier"):
+        if isinstance(getattr(model, name, None), nn.Module):
+            return name
+    raise LanceError(f"cannot find the classifier head of {type(model).__name__} (no fc or classifier module).")
