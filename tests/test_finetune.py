@@ -11,6 +11,7 @@ import torch
 
 import lance
 import lance.finetune as ft
+import lance.models
 from lance.finetune import FinetuneConfig, finetune, result_name
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
