@@ -73,7 +73,7 @@ $(EXEC)/%.ipynb: notebooks/%.ipynb $(LANCE_FILES) $(DATA_FILES) | $(STAMP)
 ## test: unit tests and nbval on the committed notebooks, in one pytest run
 # ($(wildcard notebooks): a fresh clone has no notebooks/ until a notebook is committed)
 test: $(STAMP)
-	$(BIN)/python -m pytest tests $(wildcard notebooks) --nbval-lax -p no:cacheprovider
+	LANCE_BOOK_TEST=1 $(BIN)/python -m pytest tests $(wildcard notebooks) --nbval-lax -p no:cacheprovider
 
 ## benchmark: python -m lance benchmark
 benchmark: $(STAMP)
