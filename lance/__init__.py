@@ -25,6 +25,8 @@ from .hosvd import energy_rank, expand, hosvd, mode_product, project, unfold
 from .layers import LanceConv2d, LanceLinear, compress, compressed_layers, decompress
 from .selection import set_trainable, trainable_layers
 
+from . import baselines, data, models  # noqa: E402  (submodules users reach as lance.data, ...)
+
 __version__ = "0.1.0"
 
 __all__ = [
