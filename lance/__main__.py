@@ -114,6 +114,18 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from .pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(model=args.model, dataset=args.dataset, classes=tuple(args.classes),
+                         resolution=args.resolution, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         seed=args.seed, train_limit=args.train_limit)
+    record = pretrain(cfg, data_dir=args.data_dir, out_dir=args.out)
+    print(f"{cfg.model} on {cfg.dataset} classes {cfg.classes}: {record['metrics']['accuracy']:.2f} %, "
+          f"weights {record['metrics']['weights_file']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lance", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -218,6 +230,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="write the record as a JSON result file (atomically)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_latency)
+
+    p = commands.add_parser("pretrain", help="pretrain from scratch on half the classes (split-class protocol)")
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--dataset", default="cifar100")
+    p.add_argument("--classes", type=int, nargs=2, default=[0, 50], metavar=("FIRST", "END"))
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-limit", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default="_build/weights", help="where the state_dict goes (never committed)")
+    p.set_defaults(func=_cmd_pretrain)
 
     return parser
 

@@ -1,0 +1,44 @@
+"""Split-protocol pretraining: trains, resumes, and its checkpoint feeds fine-tuning."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import lance
+from lance.finetune import FinetuneConfig, finetune
+from lance.pretrain import PretrainConfig, pretrain
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+DATA = os.environ.get("LANCE_DATA_DIR") or (str(SHARED) if SHARED.is_dir() else None)
+pytestmark = pytest.mark.skipif(DATA is None or not (Path(DATA) / "cifar-100-python").is_dir(),
+                                reason="needs CIFAR-100 (LANCE_DATA_DIR or ../shared/datasets)")
+
+
+def test_pretrain_then_finetune_on_the_other_classes(tmp_path):
+    cfg = PretrainConfig(classes=(0, 5), resolution=32, epochs=2, batch_size=32, train_limit=128)
+    rec = pretrain(cfg, data_dir=DATA, out_dir=tmp_path / "w", results_dir=tmp_path / "r", progress=False)
+    weights = Path(rec["metrics"]["weights_file"])
+    assert weights.is_file() and rec["metrics"]["train_images"] == 128
+    on_disk = json.loads(next((tmp_path / "r").glob("*.json")).read_text())
+    assert on_disk["metrics"]["weights_sha256"] == rec["metrics"]["weights_sha256"]
+    # a second call resumes from the last checkpoint and reproduces the same weights
+    again = pretrain(cfg, data_dir=DATA, out_dir=tmp_path / "w", results_dir=None, progress=False)
+    assert again["metrics"]["weights_sha256"] == rec["metrics"]["weights_sha256"]
+    ft = FinetuneConfig(model="resnet18", dataset="cifar100", method="lance", layers=2, epochs=1, batch_size=16,
+                        resolution=32, classes=(5, 10), pretrained=str(weights), train_limit=64, test_limit=32,
+                        calibration_batches=2)
+    out = finetune(ft, data_dir=DATA, cache_dir=tmp_path / "cache", progress=False, log=lambda *_: None)
+    assert out["metrics"]["num_classes"] == 5 and str(weights) in out["metrics"]["weights"]
+    state = torch.load(weights, weights_only=True)
+    model = lance.models.build("resnet18", num_classes=5, pretrained=False)
+    model.load_state_dict(state)
+
+
+def test_bad_classes():
+    with pytest.raises(lance.LanceError, match="classes"):
+        PretrainConfig(classes=(5, 5))
