@@ -13,8 +13,9 @@ trainable layers. ``run_latency(LatencyConfig())`` does the same here:
   decomposes every activation anew at every step;
 * each trial starts from a fresh copy of the model, runs one warm-up step and then
   ``iterations`` timed steps (forward including the loss, then backward; the SGD update after
-  each step is not timed). Trials of the methods are interleaved, in an order that rotates
-  from trial to trial, so that a slow spell of the machine does not fall on one method only.
+  each step is not timed). A round of trials sweeps every setting (layer counts forwards and
+  backwards in turn, methods in an order that rotates from round to round), so that a slow
+  spell of a shared machine spreads over all settings instead of falling on one.
 
 Threads: the default is one. On a machine whose other cores are busy (here: 2 cores, one
 taken by a long job), torch's default of one thread per core makes every parallel region
@@ -41,7 +42,7 @@ from torch import Tensor, nn
 
 from .errors import LanceError
 
-__all__ = ["LatencyConfig", "METHODS", "PHASES", "run_latency", "format_latency", "summary", "ratios",
+__all__ = ["LatencyConfig", "METHODS", "PHASES", "METHOD_LABELS", "run_latency", "format_latency", "summary", "ratios",
            "ratio_ranges", "plot_latency", "result_record", "read_latency", "load_latency"]
 
 METHODS = ("bp", "hosvd", "asi", "lance")
@@ -246,41 +247,45 @@ def run_latency(cfg: LatencyConfig, *, data_dir=None, weights_dir=None, log: Cal
         features: dict[str, list[Tensor]] = {}  # prefix outputs, once per cut
         setup = {"data": data_note, "weights": weights, "resolution": resolution,
                  "threads": torch.get_num_threads(), "cuts": {}, "trainable_parameters": {}, "calibration_s": {}}
-        results = []
+        settings = {}  # per layer count: (layers, trainable part, calibration, steps)
         for n in cfg.layer_counts:
             layers = trainable_layers(net, n)
             split = split_model(net, layers[0])
             if split.cut not in features:
                 features[split.cut] = [split.prefix(x) for x, _ in batches]
-            feats = features[split.cut]
-            labels = [y for _, y in batches]
-            cal_inputs = feats[:cfg.calibration_batches]
-            steps = list(zip(feats[cfg.calibration_batches:], labels[cfg.calibration_batches:]))
+            feats, labels = features[split.cut], [y for _, y in batches]
             base = split.suffix.eval()
             params = set_trainable(base, layers + [head])
             calib = None
             if any(m != "bp" for m in cfg.methods):
                 t0 = time.perf_counter()
-                calib = calibrate(base, cal_inputs, layers, energy=cfg.energy, num_batches=len(cal_inputs))
+                calib = calibrate(base, feats[:cfg.calibration_batches], layers, energy=cfg.energy,
+                                  num_batches=cfg.calibration_batches)
                 setup["calibration_s"][str(n)] = time.perf_counter() - t0
             setup["cuts"][str(n)] = split.cut
             setup["trainable_parameters"][str(n)] = sum(p.numel() for p in params)
-            rows = {m: {"layers": n, "method": m, "trial": [], "forward_s": [], "backward_s": [], "total_s": [],
-                        "ranks": {}} for m in cfg.methods}
-            for trial in range(cfg.trials):
-                k = trial % len(cfg.methods)
+            steps = list(zip(feats[cfg.calibration_batches:], labels[cfg.calibration_batches:]))
+            settings[n] = (layers, base, calib, steps)
+        rows = {(n, m): {"layers": n, "method": m, "trial": [], "forward_s": [], "backward_s": [], "total_s": [],
+                         "ranks": {}} for n in cfg.layer_counts for m in cfg.methods}
+        for trial in range(cfg.trials):  # every trial sweeps all settings: slow spells spread over all of them
+            k = trial % len(cfg.methods)
+            for n in (cfg.layer_counts if trial % 2 == 0 else cfg.layer_counts[::-1]):
+                layers, base, calib, steps = settings[n]
                 for method in cfg.methods[k:] + cfg.methods[:k]:
                     model = _prepare(base, method, calib, cfg)
                     fwd, bwd = _time_trial(model, steps, cfg.lr)
-                    r = rows[method]
+                    r = rows[(n, method)]
                     r["trial"] += [trial] * len(fwd)
                     r["forward_s"] += fwd
                     r["backward_s"] += bwd
                     r["total_s"] += [f + b for f, b in zip(fwd, bwd)]
                     r["ranks"] = _ranks_of(model, layers, method, calib)
-            results += [rows[m] for m in cfg.methods]
+            log(f"  trial {trial + 1}/{cfg.trials} done after {time.perf_counter() - start:.0f} s")
+        results = [rows[(n, m)] for n in cfg.layer_counts for m in cfg.methods]
+        for n in cfg.layer_counts:
             log(f"  {n:2d} layers: " + ", ".join(
-                f"{m} {_median(rows[m]['total_s']) * 1e3:.1f} ms" for m in cfg.methods))
+                f"{m} {_median(rows[(n, m)]['total_s']) * 1e3:.1f} ms" for m in cfg.methods))
     finally:
         torch.set_num_threads(threads_before)
     wall = time.perf_counter() - start
@@ -413,6 +418,7 @@ def plot_latency(record: dict, log_scale: bool = True):
     """The paper's Fig. 5: forward, backward and total time against the number of trainable
     layers, one line per method (median, with the interquartile range as a band)."""
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     s = summary(record)
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), sharex=True)
@@ -423,6 +429,10 @@ def plot_latency(record: dict, log_scale: bool = True):
             ax.fill_between(d.layers, d.q25_ms, d.q75_ms, color=f"C{i}", alpha=0.2, lw=0)
         ax.set(title=phase, xlabel="trainable layers", yscale="log" if log_scale else "linear")
         ax.set_xticks(sorted(set(s.layers)))
+        if log_scale:
+            ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     axes[0].set_ylabel("time per step (ms)")
     axes[-1].legend(fontsize=8)
     fig.tight_layout()
