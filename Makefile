@@ -35,7 +35,7 @@ EXECUTED  := $(patsubst notebooks/%.ipynb,$(EXEC)/%.ipynb,$(NOTEBOOKS))
 LANCE_FILES := $(shell find lance -type f -not -path '*/__pycache__/*' -not -name '*.pyc' 2>/dev/null)
 DATA_FILES  := $(shell find data -type f 2>/dev/null)
 
-.PHONY: setup book test benchmark clean distclean
+.PHONY: setup book test benchmark latency clean distclean
 
 ## setup: .venv with the pinned dependencies and lance (editable); re-run only when pyproject.toml changes
 setup: $(STAMP)
@@ -74,6 +74,10 @@ $(EXEC)/%.ipynb: notebooks/%.ipynb $(LANCE_FILES) $(DATA_FILES) | $(STAMP)
 # ($(wildcard notebooks): a fresh clone has no notebooks/ until a notebook is committed)
 test: $(STAMP)
 	LANCE_BOOK_TEST=1 $(BIN)/python -m pytest tests $(wildcard notebooks) --nbval-lax -p no:cacheprovider
+
+## latency: the paper's latency experiment (Sec. 3.4), written to data/results/latency/
+latency: $(STAMP)
+	$(BIN)/python -m lance latency --out data/results/latency/mcunet-in2_bs128.json --force
 
 ## benchmark: python -m lance benchmark
 benchmark: $(STAMP)
