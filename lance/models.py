@@ -27,7 +27,7 @@ from torch import nn
 
 from .errors import LanceError
 
-__all__ = ["build", "weights_file", "config_file", "resolution", "MODELS", "MCUNET_MODELS", "MODEL_NAMES",
+__all__ = ["build", "weights_file", "config_file", "resolution", "available", "MODELS", "MCUNET_MODELS", "MODEL_NAMES",
            "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -182,3 +182,12 @@ def build(name: str, num_classes: int = 1000, pretrained: bool = True,
         else:
             model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model
+
+
+def available(name: str, weights_dir: Optional[str | os.PathLike] = None) -> bool:
+    """Whether ``build(name, pretrained=True)`` can work offline on this machine: the weights
+    (and, for MCUNet, the architecture JSON) are found without a download."""
+    _check_name(name)
+    if name in MCUNET_MODELS and config_file(name, weights_dir) is None:
+        return False
+    return weights_file(name, weights_dir) is not None
