@@ -49,6 +49,7 @@ class ModeBasis:
     rank: Optional[int]  # None: this mode is not compressed
     basis: Optional[Tensor] = None  # (size, size) eigenvectors, float64, largest first
     eigenvalues: Optional[Tensor] = None  # (size,), float64, descending
+    limit: Optional[int] = None  # at most this many leading columns may be kept (Phase III's null space)
 
     @property
     def compressed(self) -> bool:
@@ -103,8 +104,9 @@ class LayerCalibration:
 
     def truncate(self, energy: float) -> "LayerCalibration":
         energy = check_energy(energy)
-        modes = [ModeBasis(m.name, m.size, None if m.rank is None else energy_rank(m.eigenvalues, energy),
-                           m.basis, m.eigenvalues) for m in self.modes]
+        modes = [ModeBasis(m.name, m.size,
+                           None if m.rank is None else min(energy_rank(m.eigenvalues, energy), m.limit or m.size),
+                           m.basis, m.eigenvalues, m.limit) for m in self.modes]
         return LayerCalibration(self.name, dict(self.spec), self.input_shape, modes)
 
 
@@ -187,8 +189,8 @@ class Calibration:
                 name: {
                     "spec": {k: list(v) if isinstance(v, tuple) else v for k, v in lc.spec.items()},
                     "input_shape": list(lc.input_shape),
-                    "modes": [{"name": m.name, "size": m.size, "rank": m.rank,
-                               "basis": m.basis, "eigenvalues": m.eigenvalues} for m in lc.modes],
+                    "modes": [{"name": m.name, "size": m.size, "rank": m.rank, "basis": m.basis,
+                               "eigenvalues": m.eigenvalues, "limit": m.limit} for m in lc.modes],
                 }
                 for name, lc in self.layers.items()
             },
@@ -202,7 +204,7 @@ class Calibration:
         layers = {}
         for name, d in state["layers"].items():
             spec = {k: tuple(v) if isinstance(v, list) else v for k, v in d["spec"].items()}
-            modes = [ModeBasis(m["name"], m["size"], m["rank"], m["basis"], m["eigenvalues"])
+            modes = [ModeBasis(m["name"], m["size"], m["rank"], m["basis"], m["eigenvalues"], m.get("limit"))
                      for m in d["modes"]]
             layers[name] = LayerCalibration(name, spec, tuple(d["input_shape"]), modes)
         return cls(layers, state["energy"], state["num_batches"], state["compress_batch"])
