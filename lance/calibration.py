@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -315,33 +315,11 @@ def calibrate(
         raise LanceError(f"num_batches must be a positive integer, got {num_batches!r}.")
     modules = resolve_layers(model, layers)
     accumulators = {name: _Accumulator(name, mod, compress_batch) for name, mod in modules.items()}
-    state = {"batch": 0}
-
-    def make_hook(acc: _Accumulator):
-        def hook(_module, args):
-            acc.add(args[0], state["batch"])
-        return hook
-
-    handles = [mod.register_forward_pre_hook(make_hook(accumulators[name])) for name, mod in modules.items()]
-    was_training = model.training
-    iterator = iter(batches)
     if progress:
         from tqdm.auto import tqdm
-        iterator = iter(tqdm(iterator, total=num_batches, desc="calibration", leave=False))
-    seen = 0
-    try:
-        model.eval()
-        with torch.no_grad():
-            for batch in iterator:
-                state["batch"] = seen
-                model(_inputs_of(batch))
-                seen += 1
-                if seen >= num_batches:
-                    break
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+        batches = tqdm(batches, total=num_batches, desc="calibration", leave=False)
+    seen = visit_layer_inputs(model, modules, batches, lambda name, _m, x, i: accumulators[name].add(x, i),
+                              num_batches)
     if seen == 0:
         raise LanceError("the calibration batches were empty: pass an iterable (e.g. a DataLoader) that "
                          "yields at least one batch.")
@@ -352,19 +330,33 @@ def calibrate(
                        energy, seen, compress_batch)
 
 
-def layer_inputs(model: nn.Module, layers: Sequence[str], x: Tensor) -> dict[str, Tensor]:
-    """The input tensors of the named layers for one batch ``x`` (eval mode, no gradients)."""
-    modules = resolve_layers(model, layers)
-    found: dict[str, Tensor] = {}
-    handles = [m.register_forward_pre_hook(lambda mod, args, name=name: found.__setitem__(name, args[0]))
-               for name, m in modules.items()]
+def visit_layer_inputs(model: nn.Module, modules: dict[str, nn.Module], batches: Iterable[Any],
+                       visit: Callable[[str, nn.Module, Tensor, int], None], num_batches: int) -> int:
+    """Run up to ``num_batches`` batches (tensors or ``(input, target)`` pairs) through ``model`` in
+    eval mode without gradients, calling ``visit(name, module, input, batch_index)`` with the input
+    of every named module; the model's mode is restored. Returns the number of batches run."""
+    state = {"batch": 0}
+    handles = [mod.register_forward_pre_hook(lambda m, args, name=name: visit(name, m, args[0], state["batch"]))
+               for name, mod in modules.items()]
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            model(x)
+            for batch in batches:  # stop right after the last batch: no extra batch is drawn
+                model(_inputs_of(batch))
+                state["batch"] += 1
+                if state["batch"] >= num_batches:
+                    break
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
+    return state["batch"]
+
+
+def layer_inputs(model: nn.Module, layers: Sequence[str], x: Tensor) -> dict[str, Tensor]:
+    """The input tensors of the named layers for one batch ``x`` (eval mode, no gradients)."""
+    found: dict[str, Tensor] = {}
+    visit_layer_inputs(model, resolve_layers(model, layers), [x],
+                       lambda name, _m, inp, _i: found.__setitem__(name, inp), 1)
     return found

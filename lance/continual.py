@@ -27,7 +27,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .calibration import Calibration, ModeBasis, calibrate
+from .calibration import Calibration, ModeBasis, calibrate, visit_layer_inputs
 from .errors import LanceError, UnsupportedLayerError
 from .hosvd import basis_from_gram, check_energy, energy_rank, mode_gram
 from .selection import resolve_layers
@@ -80,27 +80,12 @@ class ContinualMemory:
         threshold = check_energy(threshold, "threshold")
         modules = resolve_layers(model, layers)
         grams: dict[str, Optional[Tensor]] = {n: None for n in modules}
-        count = 0
-        hooks = []
-        for name, mod in modules.items():
-            def hook(m, args, name=name):
-                x = args[0]
-                g = mode_gram(x, feature_mode(m, x.dim()))
-                grams[name] = g if grams[name] is None else grams[name] + g
-            hooks.append(mod.register_forward_pre_hook(hook))
-        was_training = model.training
-        try:
-            model.eval()
-            with torch.no_grad():
-                for batch in batches:
-                    model(batch[0] if isinstance(batch, (tuple, list)) else batch)
-                    count += 1
-                    if count >= num_batches:
-                        break
-        finally:
-            for h in hooks:
-                h.remove()
-            model.train(was_training)
+
+        def accumulate(name, module, x, _batch):
+            g = mode_gram(x, feature_mode(module, x.dim()))
+            grams[name] = g if grams[name] is None else grams[name] + g
+
+        count = visit_layer_inputs(model, modules, batches, accumulate, num_batches)
         if count == 0:
             raise LanceError("no batches for the memory update; pass the task's training data.")
         report = {}
