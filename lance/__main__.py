@@ -126,6 +126,42 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_continual(args: argparse.Namespace) -> int:
+    import torch
+
+    from .cl_benchmarks import build_benchmark
+    from .cl_train import ContinualConfig, cl_result_name, continual, profile_settings
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    benchmark = None
+    for method in args.methods:
+        values = profile_settings(args.benchmark, args.profile)
+        for key in ("epochs", "energy", "calibration_batches", "tasks", "seed", "train_limit", "test_limit",
+                    "batch_size", "lr", "model"):
+            v = getattr(args, key)
+            if v is not None:
+                values[key] = v
+        cfg = ContinualConfig(benchmark=args.benchmark, method=method, **values).validate()
+        name = cl_result_name(cfg)
+        if (args.out / name).exists() and not args.force:
+            print(f"done already: {args.out / name}")
+            continue
+        if benchmark is None:
+            benchmark = build_benchmark(args.benchmark, data_dir=args.data_dir, val_fraction=cfg.val_fraction,
+                                        seed=cfg.data_seed, train_limit=cfg.train_limit, test_limit=cfg.test_limit)
+            if benchmark.skipped:
+                print(f"not found here, left out: {', '.join(benchmark.skipped)}")
+        print(f"running: {name}", flush=True)
+        record = continual(cfg, benchmark=benchmark, out_dir=None if args.no_save else args.out,
+                           checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress, overwrite=args.force)
+        m = record["metrics"]
+        bwt = "n/a" if m["bwt"] is None else f"{m['bwt']:.2f}"
+        print(f"{args.benchmark} {method}: ACC {m['acc']:.2f} %, BWT {bwt}, memory between tasks "
+              f"{m['memory_mb']:.3f} MiB, training memory {m['training_mb']:.3f} MiB", flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lance", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -244,6 +280,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default="_build/weights", help="where the state_dict goes (never committed)")
     p.set_defaults(func=_cmd_pretrain)
+
+    p = commands.add_parser("continual", help="continual learning: LANCE / GPM / fine-tuning / multitask on a "
+                            "benchmark; finished results are skipped")
+    p.add_argument("--benchmark", default="split_cifar100",
+                   choices=["split_cifar100", "permuted_mnist", "five_datasets", "split_miniimagenet"])
+    p.add_argument("--methods", nargs="+", default=["lance", "gpm", "finetune", "multitask"],
+                   choices=["lance", "gpm", "finetune", "multitask"])
+    p.add_argument("--profile", default="book", choices=["smoke", "book", "paper"],
+                   help="smoke: 3 small tasks; book: every task, 10 epochs at most; paper: 200 epochs at most")
+    p.add_argument("--model", help="alexnet | resnet18_reduced | mlp (default: the benchmark's)")
+    p.add_argument("--epochs", type=int, help="at most this many epochs per task")
+    p.add_argument("--energy", type=float, help="LANCE's Phase I threshold for tasks 2.. (default 0.9)")
+    p.add_argument("--calibration-batches", dest="calibration_batches", type=int)
+    p.add_argument("--tasks", type=int, help="only the first n tasks")
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--train-limit", dest="train_limit", type=int)
+    p.add_argument("--test-limit", dest="test_limit", type=int)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--data-dir", default=None, help="datasets directory (default: $LANCE_DATA_DIR)")
+    p.add_argument("--out", type=Path, default=Path("data/results/continual"))
+    p.add_argument("--checkpoint-dir", type=Path, default=Path("_build/checkpoints/continual"))
+    p.add_argument("--no-save", action="store_true", help="do not write result files")
+    p.add_argument("--force", action="store_true", help="replace existing result files")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_continual)
 
     return parser
 

@@ -40,7 +40,8 @@ class _Shapes:
 def layer_shapes(model: nn.Module, layers: Sequence[str], input_size: Sequence[int],
                  batch_size: int) -> dict[str, _Shapes]:
     """Input and output shapes of the named layers for a batch of ``batch_size``, found by
-    running one zero sample through the model (eval mode, no gradients)."""
+    running two zero samples through the model (eval mode, no gradients; two, because a
+    BatchNorm without running statistics needs more than one value per channel)."""
     modules = resolve_layers(model, layers)
     found: dict[str, _Shapes] = {}
     hooks = [m.register_forward_hook(
@@ -53,7 +54,7 @@ def layer_shapes(model: nn.Module, layers: Sequence[str], input_size: Sequence[i
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros((1, *input_size), dtype=dtype, device=device))
+            model(torch.zeros((2, *input_size), dtype=dtype, device=device))
     finally:
         for h in hooks:
             h.remove()

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .calibration import Calibration, ModeBasis, calibrate, visit_layer_inputs
@@ -32,7 +33,10 @@ from .errors import LanceError, UnsupportedLayerError
 from .hosvd import basis_from_gram, check_energy, energy_rank, mode_gram
 from .selection import resolve_layers
 
-__all__ = ["ContinualMemory", "calibrate_in_null_space", "feature_mode", "gpm_threshold"]
+__all__ = ["ContinualMemory", "calibrate_in_null_space", "project_gradients", "feature_mode", "gpm_threshold", "memory_gram",
+           "SPACES"]
+
+SPACES = ("feature", "patch")
 
 
 def feature_mode(module: nn.Module, ndim: int) -> int:
@@ -43,6 +47,24 @@ def feature_mode(module: nn.Module, ndim: int) -> int:
                                         "protect its outputs; leave grouped convolutions out of Phase III.")
         return 1
     return ndim - 1
+
+
+def memory_gram(module: nn.Module, x: Tensor, space: str = "feature") -> Tensor:
+    """The (unnormalised, float64) covariance of a layer input in the memory's space.
+
+    ``feature``: along the input-feature mode (channels of a conv, features of a linear layer),
+    LANCE's reading. ``patch``: a conv's input as the unfolded patches its weight sees (C*k*k
+    per output position, in the order of ``weight.reshape(out, -1)``), GPM's; for a linear
+    layer both are the feature mode."""
+    if space not in SPACES:
+        raise LanceError(f"unknown memory space {space!r}; choose one of {', '.join(SPACES)}.")
+    if space == "patch" and isinstance(module, nn.Conv2d):
+        if isinstance(module.padding, str) or module.padding_mode != "zeros":
+            raise UnsupportedLayerError("the patch memory supports convolutions with numeric zero padding only.")
+        p = F.unfold(x.detach(), module.kernel_size, module.dilation, module.padding, module.stride)
+        p = p.transpose(0, 1).reshape(p.shape[1], -1)
+        return (p @ p.t()).to(torch.float64)
+    return mode_gram(x, feature_mode(module, x.dim()))
 
 
 def gpm_threshold(task: int, base: float = 0.97, step: float = 0.003) -> float:
@@ -60,11 +82,25 @@ def _complement(memory: Optional[Tensor], n: int, dtype) -> Tensor:
 
 @dataclass
 class ContinualMemory:
-    """Per layer, an orthonormal basis ``M`` (n x k) of the input-feature directions used by
-    earlier tasks. ``bases[name]`` is ``None`` before the first update."""
+    """Per layer, an orthonormal basis ``M`` (n x k) of the input directions used by earlier
+    tasks, in the input-feature space (``space="feature"``, LANCE) or, for convolutions, the
+    patch space (``space="patch"``, GPM). ``bases[name]`` is absent before the first update."""
 
     bases: dict = field(default_factory=dict)
     history: list = field(default_factory=list)  # per update: {layer: (added, total, captured)}
+    space: str = "feature"
+
+    def __post_init__(self) -> None:
+        if self.space not in SPACES:
+            raise LanceError(f"unknown memory space {self.space!r}; choose one of {', '.join(SPACES)}.")
+
+    def megabytes(self) -> float:
+        """The memory's size in MiB (float32)."""
+        return self.bytes() / 2 ** 20
+
+    def sizes(self) -> dict:
+        """Per layer: (dimension n, directions k)."""
+        return {name: (int(m.shape[0]), int(m.shape[1])) for name, m in self.bases.items() if m is not None}
 
     def numel(self) -> int:
         return sum(0 if m is None else m.numel() for m in self.bases.values())
@@ -72,17 +108,24 @@ class ContinualMemory:
     def bytes(self, bytes_per_element: int = 4) -> int:
         return self.numel() * bytes_per_element
 
-    def update(self, model: nn.Module, batches: Iterable, layers: Sequence[str], threshold: float,
+    def update(self, model: nn.Module, batches: Iterable, layers: Sequence[str], threshold,
                num_batches: int = 10) -> dict:
         """Grow each layer's memory from the task just learned (Eq. 5): with ``R`` the mean input
         covariance along the feature mode, add the top eigenvectors of ``(I - MM^T) R (I - MM^T)``
-        until ``tr(M^T R M) + sum of their eigenvalues >= threshold * tr(R)``."""
-        threshold = check_energy(threshold, "threshold")
+        until ``tr(M^T R M) + sum of their eigenvalues >= threshold * tr(R)``. ``threshold`` is one
+        number or a dict with one per layer."""
         modules = resolve_layers(model, layers)
+        if isinstance(threshold, dict):
+            missing = [n for n in modules if n not in threshold]
+            if missing:
+                raise LanceError(f"no memory threshold for layers {missing}; give one per layer or a single number.")
+            thresholds = {n: check_energy(threshold[n], "threshold") for n in modules}
+        else:
+            thresholds = dict.fromkeys(modules, check_energy(threshold, "threshold"))
         grams: dict[str, Optional[Tensor]] = {n: None for n in modules}
 
         def accumulate(name, module, x, _batch):
-            g = mode_gram(x, feature_mode(module, x.dim()))
+            g = memory_gram(module, x, self.space)
             grams[name] = g if grams[name] is None else grams[name] + g
 
         count = visit_layer_inputs(model, modules, batches, accumulate, num_batches)
@@ -99,7 +142,7 @@ class ContinualMemory:
             vectors, values = basis_from_gram(q.t() @ r @ q)
             added = 0
             captured = kept
-            while captured < threshold * total - 1e-12 and added < q.shape[1]:
+            while captured < thresholds[name] * total - 1e-12 and added < q.shape[1]:
                 captured += float(values[added])
                 added += 1
             new = (q @ vectors[:, :added]).to(torch.float32)
@@ -110,28 +153,41 @@ class ContinualMemory:
         return report
 
     def state_dict(self) -> dict:
-        return {"bases": dict(self.bases), "history": list(self.history)}
+        return {"bases": dict(self.bases), "history": list(self.history), "space": self.space}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "ContinualMemory":
-        return cls(dict(state["bases"]), list(state["history"]))
+        return cls(dict(state["bases"]), list(state["history"]), state.get("space", "feature"))
 
 
 def calibrate_in_null_space(model: nn.Module, batches, layers: Sequence[str], memory: ContinualMemory,
                             energy: float = 0.7, num_batches: int = 100, *,
-                            compress_batch: bool = True) -> Calibration:
+                            compress_batch: bool = True, full: str = "error") -> Calibration:
     """Phase I for a new task, with each layer's input-feature factor in the null space of its
     memory: the covariance ``R`` of that mode is restricted to ``M``'s orthogonal complement
     and its top eigenvectors reaching ``energy`` of the restricted energy are kept. The other
-    modes are calibrated as in Phase I. The factor can never hold more than ``n - k`` columns."""
+    modes are calibrated as in Phase I. The factor can never hold more than ``n - k`` columns.
+
+    A layer whose memory already spans its whole input space has no direction left to learn
+    in: with ``full="error"`` that raises; with ``full="skip"`` the layer is left out of the
+    calibration (the caller keeps it frozen for this task), and ``calibration.full`` lists it."""
+    if full not in ("error", "skip"):
+        raise LanceError(f"full must be 'error' or 'skip', got {full!r}.")
+    if memory.space != "feature":
+        raise LanceError(f"null-space calibration constrains the input-feature factor, so it needs a memory in the "
+                         f"'feature' space, got {memory.space!r}.")
     cal = calibrate(model, batches, layers, energy=energy, num_batches=num_batches, compress_batch=compress_batch)
     modules = resolve_layers(model, layers)
+    filled: list[str] = []
     for name, module in modules.items():
         lc = cal[name]
         fm = feature_mode(module, len(lc.input_shape))
         mode = lc.modes[fm]
         m = memory.bases.get(name)
         if m is None or m.shape[1] == 0:
+            continue
+        if m.shape[1] >= mode.size and full == "skip":
+            filled.append(name)
             continue
         if m.shape[1] >= mode.size:
             raise LanceError(f"the memory of layer {name!r} fills its whole input space ({mode.size} directions): "
@@ -145,4 +201,26 @@ def calibrate_in_null_space(model: nn.Module, batches, layers: Sequence[str], me
         limit = free.shape[1]
         rank = min(energy_rank(values, energy), limit)
         lc.modes[fm] = ModeBasis(mode.name, mode.size, rank, basis, eigen, limit=limit)
+    for name in filled:
+        del cal.layers[name]
+    cal.full = filled
     return cal
+
+
+def project_gradients(model: nn.Module, memory: ContinualMemory) -> None:
+    """GPM's update rule: remove from each remembered layer's weight gradient its component on the
+    stored input directions, ``G <- G - (G M) M^T`` (in the memory's space), in place."""
+    modules = dict(model.named_modules())
+    for name, m in memory.bases.items():
+        if m is None or m.shape[1] == 0:
+            continue
+        w = modules[name].weight
+        if w.grad is None:
+            continue
+        g = w.grad
+        m = m.to(dtype=g.dtype, device=g.device)
+        if g.dim() == 2 or memory.space == "patch":
+            flat = g.reshape(g.shape[0], -1)
+            g.copy_((flat - (flat @ m) @ m.t()).reshape(g.shape))
+        else:  # feature space of a conv: act on the input-channel index
+            g.sub_(torch.einsum("ockl,cm,dm->odkl", g, m, m))

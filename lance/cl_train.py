@@ -1,0 +1,476 @@
+"""Task-incremental continual learning on one trainer: LANCE, GPM, fine-tuning, multitask.
+
+``continual(config)`` learns the tasks of a benchmark one after another (one head per task,
+or one shared head for Permuted MNIST) with
+
+* ``lance``: task 1 with plain BP; after every task each shared layer's memory ``M`` of
+  input-feature directions grows (GPM's residual-energy criterion, threshold
+  ``0.97 + 0.003 t``); before every later task Phase I runs with the input-feature factor
+  chosen in the null space of ``M`` (:func:`lance.continual.calibrate_in_null_space`), and the
+  task trains with LANCE layers (compressed activations, weight updates orthogonal to ``M``).
+* ``gpm``: plain BP with every weight gradient projected off GPM's stored bases (patch space
+  for convolutions), grown after every task by the same criterion.
+* ``finetune``: plain sequential BP, nothing kept (the forgetting lower bound).
+* ``multitask``: all tasks' data at once, one run (the joint-training upper bound).
+
+The schedule is the recipe's: SGD (no momentum, no weight decay), lr 0.01, batch 64, the lr
+halved (and the best weights restored) when the validation loss has not improved for 6
+epochs, stop when lr < 1e-5 or after ``epochs``; the weights with the best validation loss are
+kept. BatchNorm parameters learn on the first task only. After every task all tasks are
+tested: the accuracy matrix, ACC and BWT. The run resumes after the last finished task from a
+checkpoint, and writes one result file (JSON) with provenance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .accounting import MIB, activation_memory, measured_bytes, saved_tensors
+from .cl_benchmarks import Benchmark, build_benchmark
+from .cl_models import DEFAULT_MODEL, ContinualNet, build_cl_model
+from .continual import ContinualMemory, calibrate_in_null_space, gpm_threshold, project_gradients
+from .errors import LanceError
+from .layers import compress, decompress
+
+__all__ = ["ContinualConfig", "CL_METHODS", "CL_PROFILES", "profile_settings", "continual", "cl_result_name", "acc_bwt",
+           "benchmark_defaults"]
+
+CL_METHODS = ("lance", "gpm", "finetune", "multitask")
+
+
+@dataclass
+class ContinualConfig:
+    """One continual-learning run. Defaults: the recipe notes (GPM's Split CIFAR-100 setup)."""
+
+    benchmark: str = "split_cifar100"
+    method: str = "lance"  # lance | gpm | finetune | multitask
+    model: str = ""  # "" : the benchmark's network (alexnet, resnet18_reduced, mlp)
+    epochs: int = 200  # at most, per task (the schedule usually stops earlier)
+    batch_size: int = 64
+    lr: float = 0.01
+    lr_min: float = 1e-5
+    lr_factor: float = 2.0
+    patience: int = 6
+    energy: float = 0.9  # LANCE's Phase I threshold for tasks 2.. (restricted to the null space)
+    calibration_batches: int = 20
+    compress_batch: bool = True
+    threshold_base: float = 0.97  # memory threshold of task t: base + step * t (GPM's schedule)
+    threshold_step: float = 0.003
+    layer_thresholds: tuple = ()  # per shared layer, in forward order: replaces threshold_base
+    memory_examples: int = 125  # training examples whose layer inputs grow the memory after a task
+    tasks: int = 0  # 0: every task of the benchmark; n: the first n
+    val_fraction: float = 0.05
+    train_limit: int = 0  # keep only this many training images per task (0: all); demonstrations
+    test_limit: int = 0
+    seed: int = 42
+    data_seed: int = 0  # the class split / permutation / validation hold-out
+
+    def validate(self) -> "ContinualConfig":
+        if self.method not in CL_METHODS:
+            raise LanceError(f"unknown continual method {self.method!r}; choose one of {', '.join(CL_METHODS)}.")
+        for key in ("epochs", "batch_size", "patience", "calibration_batches", "memory_examples"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise LanceError(f"{key} must be a positive integer, got {v!r}.")
+        if not (self.lr > 0 and self.lr_factor > 1 and self.lr_min >= 0):
+            raise LanceError(f"need lr > 0, lr_factor > 1 and lr_min >= 0; got lr={self.lr}, "
+                             f"lr_factor={self.lr_factor}, lr_min={self.lr_min}.")
+        if not 0 < self.energy <= 1:
+            raise LanceError(f"energy must be in (0, 1], got {self.energy}.")
+        if not 0 < self.threshold_base <= 1:
+            raise LanceError(f"threshold_base must be in (0, 1], got {self.threshold_base}.")
+        return self
+
+
+# Benchmark-specific settings: GPM's for Permuted MNIST (lr 0.01, batch 10, 5 epochs, no
+# schedule, 300 examples for the memory, thresholds from 0.95).
+_BENCHMARK_DEFAULTS = {
+    "permuted_mnist": dict(epochs=5, batch_size=10, layer_thresholds=(0.95, 0.99, 0.99), threshold_step=0.0,
+                           memory_examples=300, val_fraction=0.1, patience=1000),
+}
+
+
+def benchmark_defaults(benchmark: str) -> dict:
+    """The settings in which a benchmark departs from :class:`ContinualConfig`'s defaults."""
+    return dict(_BENCHMARK_DEFAULTS.get(benchmark, {}))
+
+
+CL_PROFILES = {
+    # a live demonstration in a minute or two
+    "smoke": dict(tasks=3, epochs=2, train_limit=640, test_limit=200, calibration_batches=4),
+    # the full benchmark with a shortened epoch budget (this CPU)
+    "book": dict(epochs=10),
+    # the paper's budget
+    "paper": dict(),
+}
+
+
+def profile_settings(benchmark: str, profile: str) -> dict:
+    """The config values of a run of ``benchmark`` under ``profile``: the benchmark's own defaults,
+    then the profile's (``book`` only ever lowers the epoch budget)."""
+    if profile not in CL_PROFILES:
+        raise LanceError(f"unknown profile {profile!r}; choose one of {', '.join(CL_PROFILES)}.")
+    values = benchmark_defaults(benchmark)
+    for key, v in CL_PROFILES[profile].items():
+        if profile == "book" and key == "epochs":
+            v = min(v, values.get("epochs", ContinualConfig.epochs))
+        values[key] = v
+    return values
+
+
+def cl_result_name(c: ContinualConfig) -> str:
+    extra = ""
+    if c.tasks:
+        extra += f"_T{c.tasks}"
+    if c.train_limit:
+        extra += f"_n{c.train_limit}"
+    if c.method == "lance":
+        extra += f"_e{c.energy:g}"
+    return f"{c.benchmark}_{c.method}_ep{c.epochs}{extra}_s{c.seed}.json"
+
+
+def acc_bwt(matrix: np.ndarray) -> tuple[float, Optional[float]]:
+    """ACC (mean final accuracy) and BWT (mean over the first T-1 tasks of final minus
+    just-learned accuracy) of a T x T accuracy matrix (row i: after task i)."""
+    r = np.asarray(matrix, dtype=float)
+    t = r.shape[1]
+    acc = float(r[-1].mean())
+    if r.shape[0] != t or t < 2:
+        return acc, None
+    return acc, float(np.mean([r[-1, j] - r[j, j] for j in range(t - 1)]))
+
+
+# --------------------------------------------------------------------------------------
+# Pieces
+# --------------------------------------------------------------------------------------
+def _batches(x: Tensor, y: Tensor, batch_size: int, generator: Optional[torch.Generator], drop_last: bool):
+    n = len(y)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    for i in range(0, stop, batch_size):
+        idx = order[i:i + batch_size]
+        yield x[idx], y[idx]
+
+
+def _evaluate(model: ContinualNet, x: Tensor, y: Tensor, task: int, batch_size: int) -> tuple[float, float]:
+    """(mean loss, accuracy %) of task ``task``'s head."""
+    model.eval()
+    loss, correct = 0.0, 0
+    with torch.no_grad():
+        for xb, yb in _batches(x, y, batch_size, None, False):
+            out = model(xb, task)
+            loss += float(F.cross_entropy(out, yb, reduction="sum"))
+            correct += int((out.argmax(1) == yb).sum())
+    return loss / max(1, len(y)), 100.0 * correct / max(1, len(y))
+
+
+class _Schedule:
+    """Halve the lr after ``patience`` epochs without a better validation loss (restoring the best
+    weights), stop below ``lr_min``; remembers the best weights."""
+
+    def __init__(self, c: ContinualConfig, model: nn.Module):
+        self.c, self.model = c, model
+        self.lr, self.best, self.wait = c.lr, math.inf, c.patience
+        self.best_state = _copy_state(model)
+
+    def step(self, val_loss: float, optimizer) -> bool:
+        """Record an epoch; False when training should stop."""
+        if val_loss < self.best:
+            self.best, self.wait = val_loss, self.c.patience
+            self.best_state = _copy_state(self.model)
+            return True
+        self.wait -= 1
+        if self.wait > 0:
+            return True
+        self.lr /= self.c.lr_factor
+        if self.lr < self.c.lr_min:
+            return False
+        self.wait = self.c.patience
+        for group in optimizer.param_groups:
+            group["lr"] = self.lr
+        self.model.load_state_dict(self.best_state)
+        return True
+
+
+def _thresholds(c: ContinualConfig, layers: list[str], t: int) -> dict:
+    """Each layer's memory threshold after task ``t`` (counted from 0)."""
+    if c.layer_thresholds:
+        if len(c.layer_thresholds) != len(layers):
+            raise LanceError(f"layer_thresholds has {len(c.layer_thresholds)} values for {len(layers)} layers "
+                             f"({', '.join(layers)}).")
+        return {n: gpm_threshold(t, b, c.threshold_step) for n, b in zip(layers, c.layer_thresholds)}
+    return dict.fromkeys(layers, gpm_threshold(t, c.threshold_base, c.threshold_step))
+
+
+def _copy_state(model: nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _memory_batches(x: Tensor, n: int, generator: torch.Generator):
+    idx = torch.randperm(len(x), generator=generator)[:n]
+    return [x[idx]]
+
+
+def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _trainable(model: ContinualNet, task: int, layers: list[str], method: str) -> list[nn.Parameter]:
+    """Task 1 (and multitask): everything. Later tasks: the shared layers and this task's head;
+    BatchNorm stays as learned on task 1."""
+    norm = {id(p) for p in model.norm_parameters()}
+    params = []
+    for p in model.parameters():
+        p.requires_grad_(task == 0 or method == "multitask" or id(p) not in norm)
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith("heads.") and not model.shared_head and method != "multitask":
+            if name.split(".")[1] != str(task):
+                p.requires_grad_(False)
+                continue
+        params.append(p)
+    return params
+
+
+def _training_memory(model: ContinualNet, layers: list[str], input_shape, batch_size: int, calibration,
+                     memory: Optional[ContinualMemory], method: str, x: Tensor, task: int) -> dict:
+    """Activation bytes kept for the backward of the shared layers (analytic, and measured on one
+    batch), plus what the update rule needs in memory during training (GPM's bases)."""
+    if calibration is not None:  # layers frozen for this task keep nothing
+        layers = [n for n in layers if n in calibration.layers]
+    table = activation_memory(model, layers, tuple(input_shape), batch_size, calibration)
+    analytic = float(table["lance_bytes" if calibration is not None else "bp_bytes"].sum())
+    model.train()
+    report = saved_tensors(model, x[:batch_size].clone(), task)  # a copy: a view would count the whole set
+    measured = float(sum(measured_bytes(report, layers).values()))
+    bases = memory.bytes() if (memory is not None and method == "gpm") else 0
+    return {"activation_mb": analytic / MIB, "activation_mb_measured": measured / MIB,
+            "bp_activation_mb": float(table["bp_bytes"].sum()) / MIB,
+            "training_mb": (analytic + bases) / MIB}
+
+
+# --------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------
+def continual(config: ContinualConfig, *, out_dir: Optional[os.PathLike] = None, data_dir=None,
+              checkpoint_dir: Optional[os.PathLike] = None, progress: bool = False,
+              benchmark: Optional[Benchmark] = None, overwrite: bool = False) -> dict:
+    """Run one continual-learning experiment; returns the result record (and writes it under
+    ``out_dir`` when given). ``benchmark`` may be passed already built (it must match
+    ``config.benchmark`` and the limits)."""
+    from .provenance import provenance
+    from .results import write_result
+
+    c = config.validate()
+    name = cl_result_name(c)
+    if out_dir is not None and (Path(out_dir) / name).exists() and not overwrite:
+        raise LanceError(f"{Path(out_dir) / name} exists; not overwriting it (pass overwrite=True / --force).")
+    start = time.time()
+    started = provenance(c, seed=c.seed)  # the code that runs is the code at the start
+    if benchmark is None:
+        benchmark = build_benchmark(c.benchmark, data_dir=data_dir, val_fraction=c.val_fraction, seed=c.data_seed,
+                                    train_limit=c.train_limit, test_limit=c.test_limit)
+    if benchmark.name != c.benchmark:
+        raise LanceError(f"the benchmark passed is {benchmark.name!r} but the config names {c.benchmark!r}.")
+    tasks = benchmark.tasks[:c.tasks] if c.tasks else benchmark.tasks
+    T = len(tasks)
+    model_name = c.model or DEFAULT_MODEL[c.benchmark]
+    model = build_cl_model(model_name, [t.classes for t in tasks], benchmark.input_shape,
+                           shared_head=benchmark.shared_head, seed=c.seed)
+    layers = model.layers() + (["heads.0"] if model.shared_head else [])
+    memory = ContinualMemory(space="patch" if c.method == "gpm" else "feature") \
+        if c.method in ("lance", "gpm") else None
+
+    state = {"done": 0, "matrix": [], "tasks": [], "elapsed": 0.0, "commits": []}
+    ckpt = Path(checkpoint_dir) / name.replace(".json", ".pt") if checkpoint_dir is not None else None
+    if ckpt is not None and ckpt.exists():
+        saved = torch.load(ckpt, weights_only=False)
+        if saved["config"] != dataclasses.asdict(c):
+            raise LanceError(f"checkpoint {ckpt} was written for another config; delete it to start afresh.")
+        model.load_state_dict(saved["model"])
+        if memory is not None:
+            memory = ContinualMemory.from_state_dict(saved["memory"])
+        state = saved["state"]
+    state.setdefault("commits", []).append(started["commit"])  # one per process that worked on the run
+
+    if c.method == "multitask":
+        if state["done"] == 0:
+            row, info = _train_multitask(model, tasks, layers, c, benchmark, progress)
+            state["matrix"] = [row]
+            state["tasks"] = [info]
+            state["done"] = T
+    for t in range(state["done"], T):
+        info = _train_task(model, t, tasks, layers, c, benchmark, memory, progress)
+        row = [_evaluate(model, *task.test, j, c.batch_size)[1] for j, task in enumerate(tasks)]
+        if memory is not None and t < T - 1:
+            g = torch.Generator().manual_seed(c.seed * 7919 + t)
+            report = memory.update(model, _memory_batches(tasks[t].train[0], c.memory_examples, g), layers,
+                                   threshold=_thresholds(c, layers, t), num_batches=1)
+            info["memory_update"] = {k: {kk: vv for kk, vv in v.items()} for k, v in report.items()}
+            info["memory_mb_after"] = memory.megabytes()
+        info["test_accuracy"] = row
+        state["matrix"].append(row)
+        state["tasks"].append(info)
+        state["done"] = t + 1
+        state["elapsed"] = state.get("elapsed", 0.0) + info["wall_time_s"]
+        if ckpt is not None:
+            _atomic_save({"config": dataclasses.asdict(c), "model": model.state_dict(),
+                          "memory": None if memory is None else memory.state_dict(), "state": state}, ckpt)
+        if progress:
+            print(f"task {t + 1}/{T}: accuracy on tasks so far "
+                  + " ".join(f"{a:.1f}" for a in row[:t + 1]), flush=True)
+
+    matrix = np.array(state["matrix"])
+    acc, bwt = acc_bwt(matrix)
+    per_task = state["tasks"]
+    memory_mb = 0.0
+    if memory is not None:
+        # what the method keeps between tasks: the memory as it stood while the last task trained
+        memory_mb = max([i.get("memory_mb_after", 0.0) for i in per_task] or [0.0])
+    record = {
+        "config": {**dataclasses.asdict(c), "model": model_name, "layers": layers, "num_tasks": T},
+        "metrics": {
+            "acc": acc,
+            "bwt": bwt,
+            "accuracy_matrix": matrix.tolist(),
+            "memory_mb": memory_mb,
+            "memory_directions": None if memory is None else {k: list(v) for k, v in memory.sizes().items()},
+            # peak over the continual phase (tasks 2..T; task 1 is plain BP for every method)
+            **{key: max(i["memory"][key] for i in (per_task[1:] or per_task))
+               for key in ("training_mb", "activation_mb", "activation_mb_measured", "bp_activation_mb")},
+            "first_task_activation_mb": per_task[0]["memory"]["activation_mb"],
+            "tasks": per_task,
+            "task_names": [t.name for t in tasks],
+            "skipped_datasets": list(benchmark.skipped),
+        },
+        "provenance": {**started, "wall_time_s": state.get("elapsed", 0.0), "commits": state["commits"]},
+    }
+    if len(set(state["commits"])) > 1:
+        record["provenance"]["commit"] = record["provenance"]["git_commit"] = "+".join(dict.fromkeys(state["commits"]))
+    record["provenance"]["wall_time_this_process_s"] = time.time() - start
+    if out_dir is not None:
+        write_result(Path(out_dir) / name, record, overwrite=overwrite)
+        if ckpt is not None and ckpt.exists():
+            ckpt.unlink()
+    return record
+
+
+def _train_task(model: ContinualNet, t: int, tasks, layers, c: ContinualConfig, benchmark: Benchmark,
+                memory: Optional[ContinualMemory], progress: bool) -> dict:
+    start = time.time()
+    task = tasks[t]
+    torch.manual_seed(c.seed * 1000 + t)
+    gen = torch.Generator().manual_seed(c.seed * 1000 + t)
+    params = _trainable(model, t, layers, c.method)
+    calibration = None
+    info: dict = {"task": t, "name": task.name}
+    if c.method == "lance" and t > 0:
+        cal_gen = torch.Generator().manual_seed(c.seed * 31 + t)
+        calibration = calibrate_in_null_space(
+            model, _batches(*task.train, c.batch_size, cal_gen, True), layers, memory, energy=c.energy,
+            num_batches=c.calibration_batches, compress_batch=c.compress_batch, full="skip")
+        # a layer whose memory fills its input space has nothing left to learn in: it stays frozen
+        frozen = {id(model.get_submodule(n).weight) for n in calibration.full}
+        params = [p for p in params if id(p) not in frozen]
+        for n in calibration.full:
+            model.get_submodule(n).weight.requires_grad_(False)
+        compress(model, calibration)
+        info["ranks"] = {n: list(lc.ranks) for n, lc in calibration.layers.items()}
+        info["frozen_full"] = list(calibration.full)
+    try:
+        info["memory"] = _training_memory(model, layers, benchmark.input_shape, c.batch_size, calibration,
+                                          memory, c.method, task.train[0], t)
+        optimizer = torch.optim.SGD(params, lr=c.lr)
+        schedule = _Schedule(c, model)
+        history = []
+        drop_last = calibration is not None and c.compress_batch
+        epochs = range(c.epochs)
+        if progress:
+            from tqdm.auto import tqdm
+            epochs = tqdm(epochs, desc=f"task {t + 1}", leave=False)
+        for epoch in epochs:
+            model.train()
+            total, n = 0.0, 0
+            for xb, yb in _batches(*task.train, c.batch_size, gen, drop_last):
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(xb, t), yb)
+                loss.backward()
+                if c.method == "gpm" and t > 0:
+                    project_gradients(model, memory)
+                optimizer.step()
+                total += float(loss.detach()) * len(yb)
+                n += len(yb)
+            val_loss, val_acc = _evaluate(model, *task.val, t, c.batch_size)
+            history.append({"epoch": epoch + 1, "train_loss": total / max(1, n), "val_loss": val_loss,
+                            "val_accuracy": val_acc, "lr": schedule.lr})
+            if not schedule.step(val_loss, optimizer):
+                break
+        model.load_state_dict(schedule.best_state)
+    finally:
+        if calibration is not None:
+            decompress(model)
+    info.update(epochs_run=len(history), history=history, wall_time_s=time.time() - start)
+    return info
+
+
+def _train_multitask(model: ContinualNet, tasks, layers, c: ContinualConfig, benchmark: Benchmark,
+                     progress: bool) -> tuple[list[float], dict]:
+    """All tasks at once: each sample is scored by its own task's head."""
+    start = time.time()
+    torch.manual_seed(c.seed)
+    gen = torch.Generator().manual_seed(c.seed)
+    x = torch.cat([t.train[0] for t in tasks])
+    y = torch.cat([t.train[1] for t in tasks])
+    tid = torch.cat([torch.full((len(t.train[1]),), i) for i, t in enumerate(tasks)])
+    params = _trainable(model, 0, layers, "multitask")
+    info: dict = {"task": "all", "name": "multitask"}
+    info["memory"] = _training_memory(model, layers, benchmark.input_shape, c.batch_size, None, None,
+                                      "multitask", x, 0)
+    optimizer = torch.optim.SGD(params, lr=c.lr)
+    schedule = _Schedule(c, model)
+    history = []
+    epochs = range(c.epochs)
+    if progress:
+        from tqdm.auto import tqdm
+        epochs = tqdm(epochs, desc="multitask", leave=False)
+    index = torch.arange(len(y))
+    for epoch in epochs:
+        model.train()
+        total, n = 0.0, 0
+        for ib, _ in _batches(index, y, c.batch_size, gen, False):
+            optimizer.zero_grad(set_to_none=True)
+            feats = model.features(x[ib])
+            loss = feats.new_zeros(())
+            for task in tid[ib].unique().tolist():
+                sel = tid[ib] == task
+                loss = loss + F.cross_entropy(model.head(task)(feats[sel]), y[ib][sel], reduction="sum")
+            loss = loss / len(ib)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(ib)
+            n += len(ib)
+        vals = [_evaluate(model, *t.val, i, c.batch_size) for i, t in enumerate(tasks)]
+        sizes = [len(t.val[1]) for t in tasks]
+        val_loss = sum(v[0] * s for v, s in zip(vals, sizes)) / max(1, sum(sizes))
+        history.append({"epoch": epoch + 1, "train_loss": total / max(1, n), "val_loss": val_loss, "lr": schedule.lr})
+        if not schedule.step(val_loss, optimizer):
+            break
+    model.load_state_dict(schedule.best_state)
+    row = [_evaluate(model, *t.test, i, c.batch_size)[1] for i, t in enumerate(tasks)]
+    info.update(epochs_run=len(history), history=history, wall_time_s=time.time() - start, test_accuracy=row)
+    return row, info
