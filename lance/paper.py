@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["paper_finetuning", "PAPER_DIR"]
+__all__ = ["paper_finetuning", "paper_continual", "PAPER_DIR"]
 
 PAPER_DIR = Path(__file__).resolve().parent.parent / "data" / "paper"
 
@@ -20,3 +20,11 @@ def paper_finetuning():
     import pandas as pd
 
     return pd.read_csv(PAPER_DIR / "finetuning.csv", dtype={"table": str})
+
+
+def paper_continual():
+    """Published continual-learning numbers (GPM's Table 1 and the LANCE paper's text): one row
+    per (source, benchmark, method) with ``acc``, ``bwt`` (%) and their standard deviations."""
+    import pandas as pd
+
+    return pd.read_csv(PAPER_DIR / "continual.csv")

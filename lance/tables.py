@@ -7,7 +7,7 @@ from typing import Optional
 from .paper import paper_finetuning
 from .results import RESULTS_DIR, load_results
 
-__all__ = ["finetune_results", "finetune_table", "PAPER_MODEL_NAMES"]
+__all__ = ["finetune_results", "finetune_table", "continual_results", "continual_table", "PAPER_MODEL_NAMES"]
 
 #: how the paper names the models of this project
 PAPER_MODEL_NAMES = {"mcunet-in2": "MCUNet", "mobilenet_v2": "MobileNetV2", "resnet18": "ResNet18",
@@ -54,4 +54,51 @@ def finetune_table(results, dataset: str = "cifar100", batch_size: int = 128, pa
     table = pd.DataFrame(rows)
     if len(table):
         table = table.sort_values(["model", "layers", "method"], key=lambda s: s.map(_METHOD_ORDER) if s.name == "method" else s)
+    return table.reset_index(drop=True)
+
+
+_CL_METHOD_ORDER = {"lance": 0, "gpm": 1, "finetune": 2, "multitask": 3}
+
+
+def continual_results(directory=None):
+    """Every continual-learning result file as a table (empty if there are none)."""
+    import pandas as pd
+
+    directory = directory or RESULTS_DIR / "continual"
+    try:
+        return load_results(directory)
+    except FileNotFoundError:
+        return pd.DataFrame()
+
+
+def continual_table(results):
+    """One row per (benchmark, method) of our full runs: ACC, BWT, the memory kept between
+    tasks and the peak training memory, the epoch budget and seeds behind them, beside the
+    published ACC / BWT (GPM's Table 1 for GPM and the bounds, the LANCE paper for LANCE).
+    Runs on a subset of the tasks or images (``tasks`` / ``train_limit``) are left out."""
+    import pandas as pd
+
+    from .paper import paper_continual
+
+    paper = paper_continual()
+    rows = []
+    if len(results):
+        full = results[(results["config.tasks"] == 0) & (results["config.train_limit"] == 0)]
+        for (bench, method), grp in full.groupby(["config.benchmark", "config.method"]):
+            p = paper[(paper.benchmark == bench) & (paper.method == method)]
+            bwt = grp["metrics.bwt"].dropna()
+            rows.append({
+                "benchmark": bench, "method": method,
+                "ACC": grp["metrics.acc"].mean(), "ACC (published)": p.acc.iloc[0] if len(p) else None,
+                "BWT": bwt.mean() if len(bwt) else None, "BWT (published)": p.bwt.iloc[0] if len(p) else None,
+                "memory between tasks (MiB)": grp["metrics.memory_mb"].mean(),
+                "training memory (MiB)": grp["metrics.training_mb"].mean(),
+                "epochs (max/task)": int(grp["config.epochs"].max()),
+                "tasks": int(grp["config.num_tasks"].max()), "seeds": int(grp["config.seed"].nunique()),
+                "source": p.source.iloc[0] if len(p) else None,
+            })
+    table = pd.DataFrame(rows)
+    if len(table):
+        table = table.sort_values(["benchmark", "method"],
+                                  key=lambda s: s.map(_CL_METHOD_ORDER) if s.name == "method" else s)
     return table.reset_index(drop=True)
