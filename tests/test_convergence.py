@@ -267,7 +267,7 @@ def test_smoothness_along_records_estimates_at_every_interval():
 
 def test_training_images_fall_back_to_the_sample_photographs(monkeypatch, tmp_path):
     monkeypatch.setenv("LANCE_DATA_DIR", str(tmp_path))  # an empty data directory
-    images = convergence.training_images(40, 32, seed=0)
+    images = lance.data.training_images(40, 32, seed=0)
     assert images.x.shape == (40, 3, 32, 32) and images.y.shape == (40,)
     assert "sample photographs" in images.source
     assert 2 <= images.num_classes <= 20 and int(images.y.min()) == 0 and int(images.y.max()) < images.num_classes

@@ -15,6 +15,8 @@ Datasets, from files the user has (nothing is downloaded unless asked)::
 * :data:`checksums.KNOWN_MD5`: the published md5 sums every load checks.
 * :func:`sample_images`, :func:`augmented_batches`, :func:`normalize`: the 20 ImageNet photographs
   of the book's live demonstrations (:mod:`lance.data.samples`).
+* :func:`training_images`: n normalised CIFAR-100 training images at a resolution (the sample
+  photographs where CIFAR-100 is missing), for live demonstrations.
 """
 
 from .catalog import DATASETS, load, source
@@ -23,10 +25,11 @@ from .dataset import ImageDataset, transforms
 from .imageset import ImageSet, split_classes
 from .locate import ENV_VAR, data_dir
 from .samples import augmented_batches, normalize, sample_images
+from .tensors import Images, training_images
 
 __all__ = [
     "load", "DATASETS", "source", "data_dir", "ENV_VAR",
     "ImageSet", "split_classes", "ImageDataset", "transforms",
     "KNOWN_MD5", "md5_of", "verify_md5",
-    "sample_images", "augmented_batches", "normalize",
+    "sample_images", "augmented_batches", "normalize", "Images", "training_images",
 ]
