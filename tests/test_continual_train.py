@@ -310,3 +310,35 @@ def test_split_cifar100_on_the_real_data():
     assert all(int(t.train[1].max()) == 9 for t in b.tasks)
     x = torch.cat([t.train[0] for t in b.tasks])
     assert abs(float(x.mean())) < 0.05 and abs(float(x.std()) - 1) < 0.05
+
+
+def test_split_miniimagenet_from_an_imagenet_root(tmp_path, monkeypatch):
+    """The benchmark's builder on miniImageNet files in their official form (csv files and an
+    ImageNet root), three classes split into three tasks."""
+    import csv
+
+    from PIL import Image
+
+    from lance.data import miniimagenet
+
+    mini = tmp_path / "miniimagenet"
+    mini.mkdir()
+    synsets = ["n01532829", "n01558993", "n01704323"]
+    for s, syn in enumerate(synsets):
+        for n in (1, 2, 3):
+            p = tmp_path / "imagenet" / "train" / syn / f"{syn}_{n}.JPEG"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (20, 16), (s * 80, n * 40, 10)).save(p, quality=95)
+    for split, syn in zip(("train", "val", "test"), synsets):
+        with open(mini / f"{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["filename", "label"])
+            w.writerows([(f"{syn}{k:08d}.jpg", syn) for k in (1, 2, 3)])
+    monkeypatch.delenv(miniimagenet.IMAGENET_ENV_VAR, raising=False)
+    monkeypatch.setattr(miniimagenet, "CL_TRAIN_PER_CLASS", 2)
+    b = cl_benchmarks.split_miniimagenet(data_dir=tmp_path, tasks=3, val_fraction=0.0)
+    assert b.input_shape == (3, 84, 84) and len(b) == 3
+    assert [t.sizes() for t in b.tasks] == [{"train": 2, "val": 0, "test": 1}] * 3
+    assert b.tasks[0].train[0].shape == (2, 3, 84, 84)
+    with pytest.raises(LanceError, match="cannot be split"):
+        cl_benchmarks.split_miniimagenet(data_dir=tmp_path, tasks=2)
