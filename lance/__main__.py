@@ -126,6 +126,30 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _claim(lock: Path):
+    """Create ``lock`` holding this process id, so that two sweeps in parallel never run the same
+    configuration; a lock left by a process that no longer runs is taken over. None if taken."""
+    import os
+
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(lock.read_text().strip() or 0), 0)
+                return None  # its owner is alive
+            except (ProcessLookupError, ValueError):
+                lock.unlink(missing_ok=True)  # stale
+                continue
+            except PermissionError:
+                return None
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return lock
+    return None
+
+
 def _cmd_continual(args: argparse.Namespace) -> int:
     import torch
 
@@ -152,9 +176,17 @@ def _cmd_continual(args: argparse.Namespace) -> int:
                                         seed=cfg.data_seed, train_limit=cfg.train_limit, test_limit=cfg.test_limit)
             if benchmark.skipped:
                 print(f"not found here, left out: {', '.join(benchmark.skipped)}")
+        lock = _claim(args.checkpoint_dir / (name[:-len(".json")] + ".lock"))
+        if lock is None:
+            print(f"running in another process, skipped here: {name}", flush=True)
+            continue
         print(f"running: {name}", flush=True)
-        record = continual(cfg, benchmark=benchmark, out_dir=None if args.no_save else args.out,
-                           checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress, overwrite=args.force)
+        try:
+            record = continual(cfg, benchmark=benchmark, out_dir=None if args.no_save else args.out,
+                               checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress,
+                               overwrite=args.force)
+        finally:
+            lock.unlink(missing_ok=True)
         m = record["metrics"]
         bwt = "n/a" if m["bwt"] is None else f"{m['bwt']:.2f}"
         print(f"{args.benchmark} {method}: ACC {m['acc']:.2f} %, BWT {bwt}, memory between tasks "
