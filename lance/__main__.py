@@ -162,7 +162,7 @@ def _cmd_continual(args: argparse.Namespace) -> int:
     for method in args.methods:
         values = profile_settings(args.benchmark, args.profile)
         for key in ("epochs", "energy", "calibration_batches", "tasks", "seed", "train_limit", "test_limit",
-                    "batch_size", "lr", "model"):
+                    "batch_size", "lr", "model", "threshold_base", "memory_examples"):
             v = getattr(args, key)
             if v is not None:
                 values[key] = v
@@ -325,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="at most this many epochs per task")
     p.add_argument("--energy", type=float, help="LANCE's Phase I threshold for tasks 2.. (default 0.9)")
     p.add_argument("--calibration-batches", dest="calibration_batches", type=int)
+    p.add_argument("--threshold", dest="threshold_base", type=float,
+                   help="memory threshold after task 1 (default 0.97; it grows by 0.003 per task)")
+    p.add_argument("--memory-examples", dest="memory_examples", type=int,
+                   help="training examples per memory update (default 125)")
     p.add_argument("--tasks", type=int, help="only the first n tasks")
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--lr", type=float)

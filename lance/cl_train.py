@@ -137,6 +137,8 @@ def cl_result_name(c: ContinualConfig) -> str:
         extra += f"_n{c.train_limit}"
     if c.method == "lance":
         extra += f"_e{c.energy:g}"
+    if c.method in ("lance", "gpm") and not c.layer_thresholds and c.threshold_base != ContinualConfig.threshold_base:
+        extra += f"_th{c.threshold_base:g}"
     return f"{c.benchmark}_{c.method}_ep{c.epochs}{extra}_s{c.seed}.json"
 
 

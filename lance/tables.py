@@ -83,8 +83,12 @@ def continual_table(results):
     paper = paper_continual()
     rows = []
     if len(results):
-        full = results[(results["config.tasks"] == 0) & (results["config.train_limit"] == 0)]
-        for (bench, method), grp in full.groupby(["config.benchmark", "config.method"]):
+        full = results[(results["config.tasks"] == 0) & (results["config.train_limit"] == 0)].copy()
+        # settings that change the method: LANCE's threshold, the memory threshold, the epoch budget
+        full["energy"] = full["config.energy"].where(full["config.method"] == "lance")
+        full["memory threshold"] = full["config.threshold_base"].where(full["config.method"].isin(["lance", "gpm"]))
+        keys = ["config.benchmark", "config.method", "energy", "memory threshold", "config.epochs"]
+        for (bench, method, energy, threshold, epochs), grp in full.groupby(keys, dropna=False):
             p = paper[(paper.benchmark == bench) & (paper.method == method)]
             bwt = grp["metrics.bwt"].dropna()
             rows.append({
@@ -93,7 +97,8 @@ def continual_table(results):
                 "BWT": bwt.mean() if len(bwt) else None, "BWT (published)": p.bwt.iloc[0] if len(p) else None,
                 "memory between tasks (MiB)": grp["metrics.memory_mb"].mean(),
                 "training memory (MiB)": grp["metrics.training_mb"].mean(),
-                "epochs (max/task)": int(grp["config.epochs"].max()),
+                "energy": energy, "memory threshold": threshold,
+                "epochs (max/task)": int(epochs),
                 "tasks": int(grp["config.num_tasks"].max()), "seeds": int(grp["config.seed"].nunique()),
                 "source": p.source.iloc[0] if len(p) else None,
             })

@@ -342,3 +342,24 @@ def test_split_miniimagenet_from_an_imagenet_root(tmp_path, monkeypatch):
     assert b.tasks[0].train[0].shape == (2, 3, 84, 84)
     with pytest.raises(LanceError, match="cannot be split"):
         cl_benchmarks.split_miniimagenet(data_dir=tmp_path, tasks=2)
+
+
+def test_continual_table_puts_published_numbers_beside_ours(tmp_path):
+    from lance import tables
+    from lance.results import write_result
+
+    def record(method, acc, bwt, energy=0.9, tasks=0):
+        cfg = {**ContinualConfig(method=method, epochs=10, energy=energy, tasks=tasks).__dict__, "num_tasks": 10}
+        return {"config": cfg, "metrics": {"acc": acc, "bwt": bwt, "memory_mb": 1.0, "training_mb": 2.0},
+                "provenance": {"commit": "abc"}}
+
+    write_result(tmp_path / "a.json", record("gpm", 60.0, -1.0))
+    write_result(tmp_path / "b.json", record("lance", 58.0, -0.5))
+    write_result(tmp_path / "c.json", record("lance", 50.0, -0.1, energy=0.7))
+    write_result(tmp_path / "d.json", record("lance", 10.0, 0.0, tasks=3))  # a partial run: left out
+    table = tables.continual_table(tables.continual_results(tmp_path))
+    assert table.method.tolist() == ["lance", "lance", "gpm"]
+    assert table.energy.tolist()[:2] == [0.7, 0.9] and table.ACC.tolist() == [50.0, 58.0, 60.0]
+    gpm = table[table.method == "gpm"].iloc[0]
+    assert gpm["ACC (published)"] == pytest.approx(72.48) and gpm["source"] == "saha2021gpm"
+    assert table[table.method == "lance"]["ACC (published)"].tolist() == [71, 71]
