@@ -78,4 +78,5 @@ def accuracy_matrix(matrix, title: str = "", ax=None, task_names: Optional[Seque
     ax.set_xticklabels([str(i + 1) for i in range(r.shape[1])] if task_names is None else task_names, rotation=0)
     ax.set_yticklabels([str(i + 1) for i in range(r.shape[0])], rotation=0)
     ax.set_title(title)
+    ax.grid(False)
     return ax
