@@ -316,6 +316,7 @@ def continual(config: ContinualConfig, *, out_dir: Optional[os.PathLike] = None,
             state["matrix"] = [row]
             state["tasks"] = [info]
             state["done"] = T
+            state["elapsed"] = state.get("elapsed", 0.0) + info["wall_time_s"]
     for t in range(state["done"], T):
         info = _train_task(model, t, tasks, layers, c, benchmark, memory, progress)
         row = [_evaluate(model, *task.test, j, c.batch_size)[1] for j, task in enumerate(tasks)]

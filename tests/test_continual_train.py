@@ -156,6 +156,7 @@ def test_every_method_writes_a_complete_result(method, tmp_path):
     assert [f.name for f in files] == [cl_result_name(_config(method))]
     for key in REQUIRED:
         _get(record, key)
+    assert record["provenance"]["wall_time_s"] >= sum(t["wall_time_s"] for t in record["metrics"]["tasks"]) > 0
     m = record["metrics"]
     rows = 1 if method == "multitask" else 3
     assert np.array(m["accuracy_matrix"]).shape == (rows, 3)
