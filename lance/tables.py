@@ -7,7 +7,7 @@ from typing import Optional
 from .paper import paper_finetuning
 from .results import RESULTS_DIR, load_results
 
-__all__ = ["finetune_results", "finetune_table", "continual_results", "continual_table", "PAPER_MODEL_NAMES"]
+__all__ = ["finetune_results", "finetune_table", "continual_results", "continual_table", "memory_by_layer", "PAPER_MODEL_NAMES"]
 
 #: how the paper names the models of this project
 PAPER_MODEL_NAMES = {"mcunet-in2": "MCUNet", "mobilenet_v2": "MobileNetV2", "resnet18": "ResNet18",
@@ -107,3 +107,19 @@ def continual_table(results):
         table = table.sort_values(["benchmark", "method"],
                                   key=lambda s: s.map(_CL_METHOD_ORDER) if s.name == "method" else s)
     return table.reset_index(drop=True)
+
+
+def memory_by_layer(results, benchmark: str = "split_cifar100"):
+    """Per method and shared layer of the full runs on ``benchmark``: the memory's dimension n
+    (input features, or C*k*k patches for GPM's convolutions), its directions k, and its MiB."""
+    import pandas as pd
+
+    rows = []
+    if len(results):
+        full = results[(results["config.benchmark"] == benchmark) & (results["config.tasks"] == 0)
+                       & (results["config.train_limit"] == 0)]
+        for _, run in full.iterrows():
+            for layer, (n, k) in (run.get("metrics.memory_directions") or {}).items():
+                rows.append({"method": run["config.method"], "energy": run["config.energy"], "layer": layer,
+                             "n": n, "k": k, "MiB": n * k * 4 / 2 ** 20})
+    return pd.DataFrame(rows)
