@@ -68,6 +68,12 @@ def _to_float(images: Tensor) -> Tensor:
 
 
 def _standardise(train: Tensor, *others: Tensor) -> list[Tensor]:
+    """Images (N, C, H, W): per channel. Flattened vectors (N, D): one mean and one standard
+    deviation for all features (per feature, a pixel that is almost always 0 would be divided by
+    almost nothing)."""
+    if train.dim() == 2:
+        mean, std = train.mean(), train.std().clamp_min(1e-6)
+        return [(t - mean) / std for t in (train, *others)]
     dims = [0] + list(range(2, train.dim()))
     mean = train.mean(dim=dims, keepdim=True)
     std = train.std(dim=dims, keepdim=True).clamp_min(1e-6)

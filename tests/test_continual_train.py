@@ -364,3 +364,19 @@ def test_continual_table_puts_published_numbers_beside_ours(tmp_path):
     gpm = table[table.method == "gpm"].iloc[0]
     assert gpm["ACC (published)"] == pytest.approx(72.48) and gpm["source"] == "saha2021gpm"
     assert table[table.method == "lance"]["ACC (published)"].tolist() == [71, 71]
+
+
+def test_flat_inputs_are_standardised_globally():
+    """A pixel that is 0 in all but one training image must not be blown up by its own tiny
+    standard deviation (it was, per feature: Permuted MNIST's borders)."""
+    x = torch.zeros(1000, 4)
+    x[:, :3] = torch.rand(1000, 3)
+    x[0, 3] = 1.0
+    test = torch.zeros(2, 4)
+    test[1, 3] = 1.0
+    tr, te = cl_benchmarks._standardise(x, test)
+    assert float(tr.abs().max()) < 10 and float(te.abs().max()) < 10
+    assert float(tr.mean()) == pytest.approx(0, abs=1e-5) and float(tr.std()) == pytest.approx(1, abs=1e-4)
+    img = torch.rand(10, 3, 4, 4) * torch.tensor([1.0, 5.0, 10.0]).view(1, 3, 1, 1)
+    (s,) = cl_benchmarks._standardise(img)
+    torch.testing.assert_close(s.std(dim=(0, 2, 3)), torch.ones(3), rtol=1e-4, atol=1e-4)  # images: per channel
