@@ -86,7 +86,11 @@ def continual_table(results):
         full = results[(results["config.tasks"] == 0) & (results["config.train_limit"] == 0)].copy()
         # settings that change the method: LANCE's threshold, the memory threshold, the epoch budget
         full["energy"] = full["config.energy"].where(full["config.method"] == "lance")
-        full["memory threshold"] = full["config.threshold_base"].where(full["config.method"].isin(["lance", "gpm"]))
+        per_layer = full.get("config.layer_thresholds", pd.Series([None] * len(full), index=full.index))
+        threshold = [("/".join(f"{v:g}" for v in lt) if isinstance(lt, (list, tuple)) and len(lt) else f"{base:g}")
+                     for lt, base in zip(per_layer, full["config.threshold_base"])]
+        full["memory threshold"] = pd.Series(threshold, index=full.index).where(
+            full["config.method"].isin(["lance", "gpm"]))
         keys = ["config.benchmark", "config.method", "energy", "memory threshold", "config.epochs"]
         for (bench, method, energy, threshold, epochs), grp in full.groupby(keys, dropna=False):
             p = paper[(paper.benchmark == bench) & (paper.method == method)]
