@@ -194,6 +194,17 @@ def _cmd_continual(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_options(p: argparse.ArgumentParser, out: str, checkpoints: str) -> None:
+    """The options every training command shares: data, result and checkpoint directories, and
+    whether to save, overwrite and show progress."""
+    p.add_argument("--data-dir", default=None, help="datasets directory (default: $LANCE_DATA_DIR)")
+    p.add_argument("--out", type=Path, default=Path(out), help="where result files go")
+    p.add_argument("--checkpoint-dir", type=Path, default=Path(checkpoints))
+    p.add_argument("--no-save", action="store_true", help="do not write result files")
+    p.add_argument("--force", action="store_true", help="replace existing result files")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lance", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -245,14 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", help="'imagenet' or a state_dict file")
     p.add_argument("--train-limit", dest="train_limit", type=int)
     p.add_argument("--test-limit", dest="test_limit", type=int)
-    p.add_argument("--data-dir", default=None, help="datasets directory (default: $LANCE_DATA_DIR)")
     p.add_argument("--weights-dir", default=None, help="weights directory (default: $LANCE_WEIGHTS_DIR)")
     p.add_argument("--cache-dir", default=None, help="feature cache (default: $LANCE_CACHE_DIR or ~/.cache/lance)")
-    p.add_argument("--out", type=Path, default=Path("data/results/finetune"))
-    p.add_argument("--checkpoint-dir", type=Path, default=Path("_build/checkpoints"))
-    p.add_argument("--no-save", action="store_true", help="do not write a result file")
-    p.add_argument("--force", action="store_true", help="replace an existing result file")
-    p.add_argument("--no-progress", action="store_true")
+    _run_options(p, "data/results/finetune", "_build/checkpoints")
     p.set_defaults(func=_cmd_finetune)
 
     p = commands.add_parser("sweep", help="run many fine-tuning configurations, skipping finished ones")
@@ -336,12 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-limit", dest="train_limit", type=int)
     p.add_argument("--test-limit", dest="test_limit", type=int)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--data-dir", default=None, help="datasets directory (default: $LANCE_DATA_DIR)")
-    p.add_argument("--out", type=Path, default=Path("data/results/continual"))
-    p.add_argument("--checkpoint-dir", type=Path, default=Path("_build/checkpoints/continual"))
-    p.add_argument("--no-save", action="store_true", help="do not write result files")
-    p.add_argument("--force", action="store_true", help="replace existing result files")
-    p.add_argument("--no-progress", action="store_true")
+    _run_options(p, "data/results/continual", "_build/checkpoints/continual")
     p.set_defaults(func=_cmd_continual)
 
     return parser

@@ -12,14 +12,14 @@ test (normalised, channels first) and the number of classes of its head. Builder
   on this machine are skipped with ``skip_missing=True`` (and listed in ``skipped``).
 * :func:`split_miniimagenet`: 20 tasks of 5 miniImageNet classes at 84x84.
 
-Each dataset is normalised with the mean and standard deviation per channel of its own
-training images.
+Each dataset is normalised with the mean and standard deviation of its own training images:
+per channel for images, over all features for flattened vectors.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -71,10 +71,7 @@ def _standardise(train: Tensor, *others: Tensor) -> list[Tensor]:
     """Images (N, C, H, W): per channel. Flattened vectors (N, D): one mean and one standard
     deviation for all features (per feature, a pixel that is almost always 0 would be divided by
     almost nothing)."""
-    if train.dim() == 2:
-        mean, std = train.mean(), train.std().clamp_min(1e-6)
-        return [(t - mean) / std for t in (train, *others)]
-    dims = [0] + list(range(2, train.dim()))
+    dims = list(range(train.dim())) if train.dim() == 2 else [0] + list(range(2, train.dim()))
     mean = train.mean(dim=dims, keepdim=True)
     std = train.std(dim=dims, keepdim=True).clamp_min(1e-6)
     return [(t - mean) / std for t in (train, *others)]
@@ -94,6 +91,21 @@ def _limit(x: Tensor, y: Tensor, n: int) -> tuple[Tensor, Tensor]:
     return (x[:n], y[:n]) if n and n < len(y) else (x, y)
 
 
+def _class_tasks(xtr: Tensor, ytr: Tensor, xte: Tensor, yte: Tensor, n_classes: int, tasks: int,
+                 val_fraction: float, seed: int, train_limit: int, test_limit: int) -> list[Task]:
+    """``tasks`` tasks of consecutive classes, labels relabelled from 0, with a validation hold-out."""
+    per = n_classes // tasks
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for t in range(tasks):
+        classes = torch.arange(t * per, (t + 1) * per)
+        mtr, mte = torch.isin(ytr, classes), torch.isin(yte, classes)
+        tr, va = _holdout(xtr[mtr], ytr[mtr] - t * per, val_fraction, g)
+        out.append(Task(f"classes {t * per}-{(t + 1) * per - 1}", per, _limit(*tr, train_limit), va,
+                        _limit(xte[mte], yte[mte] - t * per, test_limit)))
+    return out
+
+
 def split_cifar100(data_dir=None, tasks: int = 10, val_fraction: float = 0.05, seed: int = 0,
                    train_limit: int = 0, test_limit: int = 0) -> Benchmark:
     """Split CIFAR-100: ``tasks`` tasks of ``100 / tasks`` consecutive classes each.
@@ -103,17 +115,7 @@ def split_cifar100(data_dir=None, tasks: int = 10, val_fraction: float = 0.05, s
     train = lance_data.load("cifar100", "train", data_dir=data_dir)
     test = lance_data.load("cifar100", "test", data_dir=data_dir)
     xtr, xte = _standardise(_to_float(train.images), _to_float(test.images))
-    per = 100 // tasks
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for t in range(tasks):
-        classes = torch.arange(t * per, (t + 1) * per)
-        mtr = torch.isin(train.labels, classes)
-        mte = torch.isin(test.labels, classes)
-        tr, va = _holdout(xtr[mtr], train.labels[mtr] - t * per, val_fraction, g)
-        tr = _limit(*tr, train_limit)
-        te = _limit(xte[mte], test.labels[mte] - t * per, test_limit)
-        out.append(Task(f"classes {t * per}-{(t + 1) * per - 1}", per, tr, va, te))
+    out = _class_tasks(xtr, train.labels, xte, test.labels, 100, tasks, val_fraction, seed, train_limit, test_limit)
     return Benchmark("split_cifar100", out, (3, 32, 32))
 
 
@@ -193,15 +195,8 @@ def split_miniimagenet(data_dir=None, tasks: int = 20, val_fraction: float = 0.0
     xtr = torch.stack([ds_train[i][0] for i in range(len(ds_train))])
     xte = torch.stack([ds_test[i][0] for i in range(len(ds_test))])
     xtr, xte = _standardise(xtr, xte)
-    per = n_classes // tasks
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for t in range(tasks):
-        classes = torch.arange(t * per, (t + 1) * per)
-        mtr, mte = torch.isin(train.labels, classes), torch.isin(test.labels, classes)
-        tr, va = _holdout(xtr[mtr], train.labels[mtr] - t * per, val_fraction, g)
-        out.append(Task(f"classes {t * per}-{(t + 1) * per - 1}", per, _limit(*tr, train_limit), va,
-                        _limit(xte[mte], test.labels[mte] - t * per, test_limit)))
+    out = _class_tasks(xtr, train.labels, xte, test.labels, n_classes, tasks, val_fraction, seed, train_limit,
+                       test_limit)
     return Benchmark("split_miniimagenet", out, (3, 84, 84))
 
 

@@ -215,6 +215,35 @@ def _thresholds(c: ContinualConfig, layers: list[str], t: int) -> dict:
     return dict.fromkeys(layers, gpm_threshold(t, c.threshold_base, c.threshold_step))
 
 
+def _fit(model: nn.Module, params: list, c: ContinualConfig, batches, step, validate, desc: str,
+         progress: bool) -> list[dict]:
+    """The training loop every method shares: SGD over ``batches()`` each epoch (``step(xb, yb)``
+    computes the loss and its gradients, and returns the loss), ``validate()`` after each epoch
+    for :class:`_Schedule`; ends with the best weights loaded. Returns the per-epoch history."""
+    optimizer = torch.optim.SGD(params, lr=c.lr)
+    schedule = _Schedule(c, model)
+    history = []
+    epochs = range(c.epochs)
+    if progress:
+        from tqdm.auto import tqdm
+        epochs = tqdm(epochs, desc=desc, leave=False)
+    for epoch in epochs:
+        model.train()
+        total, n = 0.0, 0
+        for xb, yb in batches():
+            optimizer.zero_grad(set_to_none=True)
+            loss = step(xb, yb)
+            optimizer.step()
+            total += float(loss.detach()) * len(yb)
+            n += len(yb)
+        val = validate()
+        history.append({"epoch": epoch + 1, "train_loss": total / max(1, n), **val, "lr": schedule.lr})
+        if not schedule.step(val["val_loss"], optimizer):
+            break
+    model.load_state_dict(schedule.best_state)
+    return history
+
+
 def _copy_state(model: nn.Module) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -324,7 +353,7 @@ def continual(config: ContinualConfig, *, out_dir: Optional[os.PathLike] = None,
             g = torch.Generator().manual_seed(c.seed * 7919 + t)
             report = memory.update(model, _memory_batches(tasks[t].train[0], c.memory_examples, g), layers,
                                    threshold=_thresholds(c, layers, t), num_batches=1)
-            info["memory_update"] = {k: {kk: vv for kk, vv in v.items()} for k, v in report.items()}
+            info["memory_update"] = report
             info["memory_mb_after"] = memory.megabytes()
         info["test_accuracy"] = row
         state["matrix"].append(row)
@@ -341,10 +370,8 @@ def continual(config: ContinualConfig, *, out_dir: Optional[os.PathLike] = None,
     matrix = np.array(state["matrix"])
     acc, bwt = acc_bwt(matrix)
     per_task = state["tasks"]
-    memory_mb = 0.0
-    if memory is not None:
-        # what the method keeps between tasks: the memory as it stood while the last task trained
-        memory_mb = max([i.get("memory_mb_after", 0.0) for i in per_task] or [0.0])
+    # what the method keeps between tasks: the memory as it stood while the last task trained
+    memory_mb = 0.0 if memory is None else memory.megabytes()
     record = {
         "config": {**dataclasses.asdict(c), "model": model_name, "layers": layers, "num_tasks": T},
         "metrics": {
@@ -398,32 +425,21 @@ def _train_task(model: ContinualNet, t: int, tasks, layers, c: ContinualConfig, 
     try:
         info["memory"] = _training_memory(model, layers, benchmark.input_shape, c.batch_size, calibration,
                                           memory, c.method, task.train[0], t)
-        optimizer = torch.optim.SGD(params, lr=c.lr)
-        schedule = _Schedule(c, model)
-        history = []
         drop_last = calibration is not None and c.compress_batch
-        epochs = range(c.epochs)
-        if progress:
-            from tqdm.auto import tqdm
-            epochs = tqdm(epochs, desc=f"task {t + 1}", leave=False)
-        for epoch in epochs:
-            model.train()
-            total, n = 0.0, 0
-            for xb, yb in _batches(*task.train, c.batch_size, gen, drop_last):
-                optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(xb, t), yb)
-                loss.backward()
-                if c.method == "gpm" and t > 0:
-                    project_gradients(model, memory)
-                optimizer.step()
-                total += float(loss.detach()) * len(yb)
-                n += len(yb)
+
+        def step(xb, yb):
+            loss = F.cross_entropy(model(xb, t), yb)
+            loss.backward()
+            if c.method == "gpm" and t > 0:
+                project_gradients(model, memory)
+            return loss
+
+        def validate():
             val_loss, val_acc = _evaluate(model, *task.val, t, c.batch_size)
-            history.append({"epoch": epoch + 1, "train_loss": total / max(1, n), "val_loss": val_loss,
-                            "val_accuracy": val_acc, "lr": schedule.lr})
-            if not schedule.step(val_loss, optimizer):
-                break
-        model.load_state_dict(schedule.best_state)
+            return {"val_loss": val_loss, "val_accuracy": val_acc}
+
+        history = _fit(model, params, c, lambda: _batches(*task.train, c.batch_size, gen, drop_last), step,
+                       validate, f"task {t + 1}", progress)
     finally:
         if calibration is not None:
             decompress(model)
@@ -444,36 +460,25 @@ def _train_multitask(model: ContinualNet, tasks, layers, c: ContinualConfig, ben
     info: dict = {"task": "all", "name": "multitask"}
     info["memory"] = _training_memory(model, layers, benchmark.input_shape, c.batch_size, None, None,
                                       "multitask", x, 0)
-    optimizer = torch.optim.SGD(params, lr=c.lr)
-    schedule = _Schedule(c, model)
-    history = []
-    epochs = range(c.epochs)
-    if progress:
-        from tqdm.auto import tqdm
-        epochs = tqdm(epochs, desc="multitask", leave=False)
     index = torch.arange(len(y))
-    for epoch in epochs:
-        model.train()
-        total, n = 0.0, 0
-        for ib, _ in _batches(index, y, c.batch_size, gen, False):
-            optimizer.zero_grad(set_to_none=True)
-            feats = model.features(x[ib])
-            loss = feats.new_zeros(())
-            for task in tid[ib].unique().tolist():
-                sel = tid[ib] == task
-                loss = loss + F.cross_entropy(model.head(task)(feats[sel]), y[ib][sel], reduction="sum")
-            loss = loss / len(ib)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(ib)
-            n += len(ib)
+
+    def step(ib, _):
+        feats = model.features(x[ib])
+        loss = feats.new_zeros(())
+        for task in tid[ib].unique().tolist():
+            sel = tid[ib] == task
+            loss = loss + F.cross_entropy(model.head(task)(feats[sel]), y[ib][sel], reduction="sum")
+        loss = loss / len(ib)
+        loss.backward()
+        return loss
+
+    def validate():
         vals = [_evaluate(model, *t.val, i, c.batch_size) for i, t in enumerate(tasks)]
         sizes = [len(t.val[1]) for t in tasks]
-        val_loss = sum(v[0] * s for v, s in zip(vals, sizes)) / max(1, sum(sizes))
-        history.append({"epoch": epoch + 1, "train_loss": total / max(1, n), "val_loss": val_loss, "lr": schedule.lr})
-        if not schedule.step(val_loss, optimizer):
-            break
-    model.load_state_dict(schedule.best_state)
+        return {"val_loss": sum(v[0] * s for v, s in zip(vals, sizes)) / max(1, sum(sizes))}
+
+    history = _fit(model, params, c, lambda: _batches(index, y, c.batch_size, gen, False), step, validate,
+                   "multitask", progress)
     row = [_evaluate(model, *t.test, i, c.batch_size)[1] for i, t in enumerate(tasks)]
     info.update(epochs_run=len(history), history=history, wall_time_s=time.time() - start, test_accuracy=row)
     return row, info

@@ -33,8 +33,8 @@ from .errors import LanceError, UnsupportedLayerError
 from .hosvd import basis_from_gram, check_energy, energy_rank, mode_gram
 from .selection import resolve_layers
 
-__all__ = ["ContinualMemory", "calibrate_in_null_space", "project_gradients", "feature_mode", "gpm_threshold", "memory_gram",
-           "SPACES"]
+__all__ = ["ContinualMemory", "calibrate_in_null_space", "project_gradients", "feature_mode", "gpm_threshold",
+           "memory_gram", "SPACES"]
 
 SPACES = ("feature", "patch")
 
