@@ -7,7 +7,8 @@ from typing import Optional
 from .paper import paper_finetuning
 from .results import RESULTS_DIR, load_results
 
-__all__ = ["finetune_results", "finetune_table", "continual_results", "continual_table", "memory_by_layer", "PAPER_MODEL_NAMES"]
+__all__ = ["finetune_results", "finetune_table", "continual_results", "continual_table", "memory_by_layer",
+           "stored_activation_mb", "default_settings", "PAPER_MODEL_NAMES"]
 
 #: how the paper names the models of this project
 PAPER_MODEL_NAMES = {"mcunet-in2": "MCUNet", "mobilenet_v2": "MobileNetV2", "resnet18": "ResNet18",
@@ -71,11 +72,48 @@ def continual_results(directory=None):
         return pd.DataFrame()
 
 
+def stored_activation_mb(run) -> float:
+    """What a continual run keeps per batch for the weight gradients of tasks 2..T, in MiB:
+    for LANCE its cores alone (from the ranks each task recorded; the fixed factors are left
+    out), for every other method the layer inputs (``metrics.activation_mb``). ``run`` is a
+    row of :func:`continual_results`."""
+    from math import prod
+
+    if run["config.method"] != "lance":
+        return float(run["metrics.activation_mb"])
+    tasks = run.get("metrics.tasks")
+    if not isinstance(tasks, list) or not tasks:
+        raise ValueError("this LANCE result file has no per-task ranks (metrics.tasks); rerun it with "
+                         "`python -m lance continual` to record them.")
+    later = tasks[1:] or tasks
+    return max(sum(prod(r) for r in (t.get("ranks") or {}).values()) for t in later) * 4 / 2 ** 20
+
+
+def default_settings(full):
+    """True for runs in the benchmark's default setting: LANCE at the default energy, the
+    memory threshold(s) of the benchmark's defaults."""
+    from .cl_train import ContinualConfig, benchmark_defaults
+
+    flags = []
+    for _, run in full.iterrows():
+        d = {**ContinualConfig().__dict__, **benchmark_defaults(run["config.benchmark"])}
+        method = run["config.method"]
+        ok = method != "lance" or run["config.energy"] == d["energy"]
+        if method in ("lance", "gpm"):
+            layer = tuple(run.get("config.layer_thresholds") or ())
+            ok = ok and run["config.threshold_base"] == d["threshold_base"] and layer == tuple(d["layer_thresholds"])
+        flags.append(bool(ok))
+    return flags
+
+
 def continual_table(results):
-    """One row per (benchmark, method) of our full runs: ACC, BWT, the memory kept between
-    tasks and the peak training memory, the epoch budget and seeds behind them, beside the
-    published ACC / BWT (GPM's Table 1 for GPM and the bounds, the LANCE paper for LANCE).
-    Runs on a subset of the tasks or images (``tasks`` / ``train_limit``) are left out."""
+    """One row per configuration of our runs over every task of a benchmark: ACC, BWT, the
+    memory kept between tasks, the activations stored per batch and the peak training memory,
+    the epoch budget, training images per task and seeds behind them, beside the published
+    ACC / BWT (GPM's Table 1 for GPM and the bounds, the LANCE paper for LANCE; left empty
+    where datasets of the benchmark were missing). ``default`` marks the benchmark's default
+    setting (see :func:`lance.cl_train.benchmark_defaults`); the other rows are sweeps. Runs on
+    the first tasks only (``config.tasks``) are left out."""
     import pandas as pd
 
     from .paper import paper_continual
@@ -83,7 +121,7 @@ def continual_table(results):
     paper = paper_continual()
     rows = []
     if len(results):
-        full = results[(results["config.tasks"] == 0) & (results["config.train_limit"] == 0)].copy()
+        full = results[results["config.tasks"] == 0].copy()
         # settings that change the method: LANCE's threshold, the memory threshold, the epoch budget
         full["energy"] = full["config.energy"].where(full["config.method"] == "lance")
         per_layer = full.get("config.layer_thresholds", pd.Series([None] * len(full), index=full.index))
@@ -91,39 +129,51 @@ def continual_table(results):
                      for lt, base in zip(per_layer, full["config.threshold_base"])]
         full["memory threshold"] = pd.Series(threshold, index=full.index).where(
             full["config.method"].isin(["lance", "gpm"]))
-        keys = ["config.benchmark", "config.method", "energy", "memory threshold", "config.epochs"]
-        for (bench, method, energy, threshold, epochs), grp in full.groupby(keys, dropna=False):
+        full["default"] = default_settings(full)
+        full["stored"] = [stored_activation_mb(run) for _, run in full.iterrows()]
+        skipped = full.get("metrics.skipped_datasets", pd.Series([None] * len(full), index=full.index))
+        full["subset"] = [", ".join(s) if isinstance(s, list) and s else "" for s in skipped]
+        keys = ["config.benchmark", "config.method", "energy", "memory threshold", "config.epochs",
+                "config.train_limit", "subset", "default"]
+        for (bench, method, energy, threshold, epochs, limit, subset, default), grp in full.groupby(keys, dropna=False):
             p = paper[(paper.benchmark == bench) & (paper.method == method)]
+            if subset:  # not the published benchmark
+                p = p.iloc[:0]
             bwt = grp["metrics.bwt"].dropna()
             rows.append({
                 "benchmark": bench, "method": method,
                 "ACC": grp["metrics.acc"].mean(), "ACC (published)": p.acc.iloc[0] if len(p) else None,
                 "BWT": bwt.mean() if len(bwt) else None, "BWT (published)": p.bwt.iloc[0] if len(p) else None,
                 "memory between tasks (MiB)": grp["metrics.memory_mb"].mean(),
+                "stored activations (MiB)": grp["stored"].mean(),
                 "training memory (MiB)": grp["metrics.training_mb"].mean(),
                 "energy": energy, "memory threshold": threshold,
                 "epochs (max/task)": int(epochs),
-                "tasks": int(grp["config.num_tasks"].max()), "seeds": int(grp["config.seed"].nunique()),
+                "train images/task": int(limit) if limit else "all",
+                "tasks": int(grp["config.num_tasks"].max()), "missing datasets": subset,
+                "seeds": int(grp["config.seed"].nunique()), "default": bool(default),
                 "source": p.source.iloc[0] if len(p) else None,
             })
     table = pd.DataFrame(rows)
     if len(table):
-        table = table.sort_values(["benchmark", "method"],
-                                  key=lambda s: s.map(_CL_METHOD_ORDER) if s.name == "method" else s)
+        table = table.sort_values(["benchmark", "method", "default"],
+                                  key=lambda s: s.map(_CL_METHOD_ORDER) if s.name == "method" else s,
+                                  ascending=[True, True, False], kind="stable")
     return table.reset_index(drop=True)
 
 
 def memory_by_layer(results, benchmark: str = "split_cifar100"):
-    """Per method and shared layer of the full runs on ``benchmark``: the memory's dimension n
-    (input features, or C*k*k patches for GPM's convolutions), its directions k, and its MiB."""
+    """Per method and shared layer of the default-setting runs on ``benchmark`` (every task):
+    the memory's dimension n (input features, or C*k*k patches for GPM's convolutions), its
+    directions k, and its MiB."""
     import pandas as pd
 
     rows = []
     if len(results):
-        full = results[(results["config.benchmark"] == benchmark) & (results["config.tasks"] == 0)
-                       & (results["config.train_limit"] == 0)]
+        full = results[(results["config.benchmark"] == benchmark) & (results["config.tasks"] == 0)]
+        full = full[default_settings(full)] if len(full) else full
         for _, run in full.iterrows():
             for layer, (n, k) in (run.get("metrics.memory_directions") or {}).items():
-                rows.append({"method": run["config.method"], "energy": run["config.energy"], "layer": layer,
+                rows.append({"method": run["config.method"], "layer": layer,
                              "n": n, "k": k, "MiB": n * k * 4 / 2 ** 20})
     return pd.DataFrame(rows)

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -349,21 +350,43 @@ def test_continual_table_puts_published_numbers_beside_ours(tmp_path):
     from lance import tables
     from lance.results import write_result
 
-    def record(method, acc, bwt, energy=0.9, tasks=0):
-        cfg = {**ContinualConfig(method=method, epochs=10, energy=energy, tasks=tasks).__dict__, "num_tasks": 10}
-        return {"config": cfg, "metrics": {"acc": acc, "bwt": bwt, "memory_mb": 1.0, "training_mb": 2.0},
+    def record(method, acc, bwt, energy=0.9, tasks=0, benchmark="split_cifar100", skipped=(), threshold=0.97):
+        cfg = {**ContinualConfig(benchmark=benchmark, method=method, epochs=10, energy=energy, tasks=tasks,
+                                 threshold_base=threshold).__dict__, "num_tasks": 10}
+        # LANCE's cores: task 2 keeps 4*8 + 2*3*5*5 floats, task 3 fewer; task 1 (plain BP) is not counted
+        ranks = [{}, {"fc1": [4, 8], "conv1": [2, 3, 5, 5]}, {"fc1": [2, 8]}]
+        return {"config": cfg, "metrics": {"acc": acc, "bwt": bwt, "memory_mb": 1.0, "training_mb": 2.0,
+                                           "activation_mb": 1.5, "skipped_datasets": list(skipped),
+                                           "memory_directions": {"fc1": [1024, 3]},
+                                           "tasks": [{"ranks": r} for r in ranks]},
                 "provenance": {"commit": "abc"}}
 
     write_result(tmp_path / "a.json", record("gpm", 60.0, -1.0))
     write_result(tmp_path / "b.json", record("lance", 58.0, -0.5))
     write_result(tmp_path / "c.json", record("lance", 50.0, -0.1, energy=0.7))
     write_result(tmp_path / "d.json", record("lance", 10.0, 0.0, tasks=3))  # a partial run: left out
+    write_result(tmp_path / "e.json", record("lance", 55.0, -0.2, threshold=0.8))
+    write_result(tmp_path / "f.json", record("gpm", 90.0, -0.3, benchmark="five_datasets", skipped=["svhn"]))
     table = tables.continual_table(tables.continual_results(tmp_path))
-    assert table.method.tolist() == ["lance", "lance", "gpm"]
-    assert table.energy.tolist()[:2] == [0.7, 0.9] and table.ACC.tolist() == [50.0, 58.0, 60.0]
-    gpm = table[table.method == "gpm"].iloc[0]
+    split = table[table.benchmark == "split_cifar100"]
+    assert split.method.tolist() == ["lance", "lance", "lance", "gpm"]
+    # the default setting first, then the sweeps
+    assert split.default.tolist() == [True, False, False, True]
+    assert split.ACC.tolist() == [58.0, 50.0, 55.0, 60.0]
+    assert split["memory threshold"].tolist()[:3] == ["0.97", "0.97", "0.8"]
+    gpm = split[split.method == "gpm"].iloc[0]
     assert gpm["ACC (published)"] == pytest.approx(72.48) and gpm["source"] == "saha2021gpm"
-    assert table[table.method == "lance"]["ACC (published)"].tolist() == [71, 71]
+    assert split[split.method == "lance"]["ACC (published)"].tolist() == [71, 71, 71]
+    # stored activations: LANCE's largest core sum over tasks 2.., the others' layer inputs
+    lance_row = split.iloc[0]
+    assert lance_row["stored activations (MiB)"] == pytest.approx((4 * 8 + 2 * 3 * 5 * 5) * 4 / 2 ** 20)
+    assert gpm["stored activations (MiB)"] == 1.5
+    # a benchmark run without some of its datasets is not put beside the published numbers
+    five = table[table.benchmark == "five_datasets"].iloc[0]
+    assert five["missing datasets"] == "svhn" and pd.isna(five["ACC (published)"])
+    # the memory per layer: the default-setting runs of the benchmark only
+    by_layer = tables.memory_by_layer(tables.continual_results(tmp_path))
+    assert sorted(by_layer.method) == ["gpm", "lance"] and by_layer.MiB.tolist() == [1024 * 3 * 4 / 2 ** 20] * 2
 
 
 def test_flat_inputs_are_standardised_globally():
