@@ -53,7 +53,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     cfg = FinetuneConfig(**values)
     out = None if args.no_save else args.out
     record = finetune(cfg, data_dir=args.data_dir, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
-                      out_dir=out, checkpoint_dir=args.checkpoint_dir, overwrite=args.force,
+                      out_dir=out, checkpoint_dir=None if args.no_save else args.checkpoint_dir, overwrite=args.force,
                       progress=not args.no_progress)
     m = record["metrics"]
     print(f"{cfg.model} {cfg.dataset} {cfg.method} L{cfg.layers}: accuracy {m['accuracy']:.2f} %, "
@@ -183,8 +183,8 @@ def _cmd_continual(args: argparse.Namespace) -> int:
         print(f"running: {name}", flush=True)
         try:
             record = continual(cfg, benchmark=benchmark, out_dir=None if args.no_save else args.out,
-                               checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress,
-                               overwrite=args.force)
+                               checkpoint_dir=None if args.no_save else args.checkpoint_dir,
+                               progress=not args.no_progress, overwrite=args.force)
         finally:
             lock.unlink(missing_ok=True)
         m = record["metrics"]
@@ -200,7 +200,7 @@ def _run_options(p: argparse.ArgumentParser, out: str, checkpoints: str) -> None
     p.add_argument("--data-dir", default=None, help="datasets directory (default: $LANCE_DATA_DIR)")
     p.add_argument("--out", type=Path, default=Path(out), help="where result files go")
     p.add_argument("--checkpoint-dir", type=Path, default=Path(checkpoints))
-    p.add_argument("--no-save", action="store_true", help="do not write result files")
+    p.add_argument("--no-save", action="store_true", help="write neither result files nor checkpoints (a trial run)")
     p.add_argument("--force", action="store_true", help="replace existing result files")
     p.add_argument("--no-progress", action="store_true")
 

@@ -235,6 +235,28 @@ def test_resume_after_an_interruption_gives_the_same_result(tmp_path, monkeypatc
     assert not list(tmp_path.glob("*.pt"))  # the finished run's checkpoint is removed
 
 
+def test_command_line_trial_run_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
+    """``--no-save`` writes neither a result file nor a checkpoint (a later run must not resume
+    from a trial run); a saving run writes the file and removes its checkpoint, and a second
+    call finds it done."""
+    from lance import cl_benchmarks as cb
+    from lance.__main__ import main
+
+    monkeypatch.setattr(cb, "build_benchmark", lambda *a, **k: _toy_benchmark(tasks=2, n=48))
+    args = ["continual", "--benchmark", "split_cifar100", "--methods", "lance", "--epochs", "1",
+            "--batch-size", "16", "--calibration-batches", "2", "--memory-examples", "16",
+            "--out", str(tmp_path / "results"), "--checkpoint-dir", str(tmp_path / "ckpt"), "--no-progress"]
+    assert main(args + ["--no-save"]) == 0
+    assert "split_cifar100 lance: ACC" in capsys.readouterr().out
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+    assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())
+    assert main(args) == 0
+    written = list((tmp_path / "results").glob("*.json"))
+    assert len(written) == 1 and not any((tmp_path / "ckpt").glob("*.pt"))
+    assert main(args) == 0
+    assert "done already" in capsys.readouterr().out
+
+
 def test_bad_input_is_explained():
     with pytest.raises(LanceError, match="unknown continual method"):
         ContinualConfig(method="ewc").validate()
