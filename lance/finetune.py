@@ -262,6 +262,8 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
 
     history: list[dict] = []
     start_epoch = 0
+    # a run may take several processes: their wall times add up, and each one's commit is kept
+    elapsed_before, commits = 0.0, [started["commit"]]
     ckpt_path = Path(checkpoint_dir) / (result_name(cfg)[:-5] + ".pt") if checkpoint_dir else None
     if ckpt_path is not None and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -272,6 +274,9 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
         for name, bases in state.get("asi_bases", {}).items():
             suffix.get_submodule(name)._bases = bases
         history, start_epoch = state["history"], state["epoch"]
+        # checkpoints written before these were recorded: the epochs' own times, commit unknown
+        elapsed_before = state.get("elapsed", sum(h["seconds"] for h in history))
+        commits = state.get("commits", ["unrecorded"]) + commits
         log(f"resumed {ckpt_path.name} after epoch {start_epoch}")
 
     measured = None
@@ -317,7 +322,8 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
             tmp = ckpt_path.with_suffix(".tmp")
             torch.save({"model": suffix.state_dict(), "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict() if sched else None, "history": history, "epoch": epoch + 1,
-                        "asi_bases": {n: m._bases for n, m in lance_layers.items() if hasattr(m, "_bases")}}, tmp)
+                        "asi_bases": {n: m._bases for n, m in lance_layers.items() if hasattr(m, "_bases")},
+                        "elapsed": elapsed_before + time.perf_counter() - start_time, "commits": commits}, tmp)
             os.replace(tmp, ckpt_path)
     if bar:
         bar.close()
@@ -360,8 +366,11 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
             "weights": weights_source,
             "cut": split.cut,
         },
-        "provenance": {**started, "wall_time_s": wall, "finished_utc": provenance()["timestamp_utc"]},
+        "provenance": {**started, "wall_time_s": elapsed_before + wall, "wall_time_this_process_s": wall,
+                       "commits": commits, "finished_utc": provenance()["timestamp_utc"]},
     }
+    if len(set(commits)) > 1:
+        record["provenance"]["commit"] = record["provenance"]["git_commit"] = "+".join(dict.fromkeys(commits))
     if out_path is not None:
         write_result(out_path, record, overwrite=overwrite)
         log(f"wrote {out_path}")

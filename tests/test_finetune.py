@@ -77,6 +77,10 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, cache_dir, monkeyp
     resumed = finetune(cfg, data_dir=DATA, cache_dir=cache_dir, checkpoint_dir=tmp_path, progress=False,
                        log=messages.append)
     assert any("resumed" in str(msg) for msg in messages)
+    # the wall time counts both processes, and both commits are named
+    prov = resumed["provenance"]
+    assert prov["wall_time_s"] > prov["wall_time_this_process_s"] + resumed["metrics"]["history"][0]["seconds"] * 0.99
+    assert len(prov["commits"]) == 2
     for a, b in zip(whole["metrics"]["history"], resumed["metrics"]["history"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
         assert a["test_acc"] == b["test_acc"]
