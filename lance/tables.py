@@ -79,11 +79,13 @@ def stored_activation_mb(run) -> float:
     row of :func:`continual_results`."""
     from math import prod
 
+    from .errors import LanceError
+
     if run["config.method"] != "lance":
         return float(run["metrics.activation_mb"])
     tasks = run.get("metrics.tasks")
     if not isinstance(tasks, list) or not tasks:
-        raise ValueError("this LANCE result file has no per-task ranks (metrics.tasks); rerun it with "
+        raise LanceError("this LANCE result file has no per-task ranks (metrics.tasks); rerun it with "
                          "`python -m lance continual` to record them.")
     later = tasks[1:] or tasks
     return max(sum(prod(r) for r in (t.get("ranks") or {}).values()) for t in later) * 4 / 2 ** 20
@@ -100,7 +102,8 @@ def default_settings(full):
         method = run["config.method"]
         ok = method != "lance" or run["config.energy"] == d["energy"]
         if method in ("lance", "gpm"):
-            layer = tuple(run.get("config.layer_thresholds") or ())
+            per_layer = run.get("config.layer_thresholds")  # absent (NaN) in files that predate it
+            layer = tuple(per_layer) if isinstance(per_layer, (list, tuple)) else ()
             ok = ok and run["config.threshold_base"] == d["threshold_base"] and layer == tuple(d["layer_thresholds"])
         flags.append(bool(ok))
     return flags
