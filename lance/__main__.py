@@ -79,6 +79,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             values["calibration_batches"] = n_cal
         if args.epochs:
             values["epochs"] = args.epochs
+        for key in ("classes", "pretrained", "resolution"):  # the split protocol (Table 1)
+            if getattr(args, key):
+                values[key] = tuple(args.classes) if key == "classes" else getattr(args, key)
         cfg = FinetuneConfig(**values)
         if (args.out / result_name(cfg)).exists():
             print(f"done already: {result_name(cfg)}", flush=True)
@@ -273,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="numbers of calibration batches (0: the profile's)")
     p.add_argument("--epochs", type=int, default=0, help="override the profile's epochs")
     p.add_argument("--seeds", type=int, nargs="+", default=[42])
+    p.add_argument("--classes", type=int, nargs=2, metavar=("FIRST", "END"), default=None,
+                   help="fine-tune on classes [FIRST, END) (the split protocol)")
+    p.add_argument("--pretrained", default=None, help="'imagenet' (default) or a state_dict file from "
+                   "`python -m lance pretrain`")
+    p.add_argument("--resolution", type=int, default=0, help="input size (default: the model's native)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--weights-dir", default=None)
     p.add_argument("--cache-dir", default=None)

@@ -104,13 +104,13 @@ def pretrain(cfg: PretrainConfig, *, data_dir=None, out_dir: str | os.PathLike =
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / f"{name}.ckpt"
-    history, first = [], 0
+    history, first, before = [], 0, 0.0  # before: seconds spent by earlier processes on this run
     if ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        history, first = state["history"], state["epoch"]
+        history, first, before = state["history"], state["epoch"], state.get("elapsed", 0.0)
         log(f"resumed {ckpt.name} after epoch {first}")
     for epoch in range(first, cfg.epochs):
         t0 = time.perf_counter()
@@ -135,7 +135,7 @@ def pretrain(cfg: PretrainConfig, *, data_dir=None, out_dir: str | os.PathLike =
                 f"test {history[-1]['test_acc']:.2f} % ({history[-1]['seconds']:.0f} s)")
         tmp = ckpt.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "history": history, "epoch": epoch + 1}, tmp)
+                    "history": history, "epoch": epoch + 1, "elapsed": before + time.perf_counter() - t_start}, tmp)
         os.replace(tmp, ckpt)
     weights = out_dir / f"{name}.pt"
     tmp = weights.with_suffix(".tmp")
@@ -147,7 +147,8 @@ def pretrain(cfg: PretrainConfig, *, data_dir=None, out_dir: str | os.PathLike =
         "metrics": {"accuracy": history[-1]["test_acc"], "history": history, "weights_file": str(weights),
                     "weights_sha256": digest, "train_images": int(len(train.labels)),
                     "test_images": int(len(test.labels))},
-        "provenance": {**started, "wall_time_s": time.perf_counter() - t_start},
+        "provenance": {**started, "wall_time_s": before + time.perf_counter() - t_start,
+                       "wall_time_this_process_s": time.perf_counter() - t_start},
     }
     if results_dir:
         write_result(Path(results_dir) / f"{name}.json", record, overwrite=True)

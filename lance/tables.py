@@ -29,19 +29,25 @@ def finetune_results(directory=None):
 
 
 def finetune_table(results, dataset: str = "cifar100", batch_size: int = 128, paper_table: str = "2",
-                   paper_dataset: Optional[str] = None):
-    """One row per (model, method, layers): our accuracy, MB and TFLOPs beside the paper's, with
-    the epochs and seeds behind ours. ``results`` is :func:`finetune_results`'s table."""
+                   paper_dataset: Optional[str] = None, classes: Optional[tuple[int, int]] = None):
+    """One row per (model, method, layers, epochs): our accuracy, MB and TFLOPs beside the
+    paper's, with the epochs and seeds behind ours. ``results`` is :func:`finetune_results`'s
+    table; ``classes`` selects the split-protocol runs that fine-tuned on classes
+    ``[first, end)`` (``None``: runs on the whole dataset). Runs on a slice of the training set
+    (``train_limit``) are left out."""
     import pandas as pd
 
     paper = paper_finetuning()
     paper = paper[(paper.table == paper_table) & (paper.dataset == (paper_dataset or dataset))
                   & (paper.batch_size == batch_size)]
+    wanted = None if classes is None else list(classes)
     rows = []
     if len(results):
+        same_classes = results["config.classes"].map(lambda c: (None if c is None else list(c)) == wanted)
         sel = results[(results["config.dataset"] == dataset) & (results["config.batch_size"] == batch_size)
-                      & (results["config.train_limit"] == 0)]
-        for (model, method, layers), grp in sel.groupby(["config.model", "config.method", "config.layers"]):
+                      & (results["config.train_limit"] == 0) & same_classes]
+        keys = ["config.model", "config.method", "config.layers", "config.epochs"]
+        for (model, method, layers, epochs), grp in sel.groupby(keys):
             p = paper[(paper.model == PAPER_MODEL_NAMES.get(model, model)) & (paper.method == method)
                       & (paper.layers == layers)]
             rows.append({
@@ -50,11 +56,12 @@ def finetune_table(results, dataset: str = "cifar100", batch_size: int = 128, pa
                 "MB": grp["metrics.activation_mb"].mean(), "MB measured": grp["metrics.activation_mb_measured"].mean(),
                 "MB (paper)": p.mb.iloc[0] if len(p) else None,
                 "TFLOPs/iter": grp["metrics.train_tflops"].mean(), "TFLOPs (paper)": p.tflops.iloc[0] if len(p) else None,
-                "epochs": int(grp["config.epochs"].max()), "seeds": int(grp["config.seed"].nunique()),
+                "epochs": int(epochs), "seeds": int(grp["config.seed"].nunique()),
             })
     table = pd.DataFrame(rows)
     if len(table):
-        table = table.sort_values(["model", "layers", "method"], key=lambda s: s.map(_METHOD_ORDER) if s.name == "method" else s)
+        table = table.sort_values(["model", "layers", "method", "epochs"],
+                                  key=lambda s: s.map(_METHOD_ORDER) if s.name == "method" else s)
     return table.reset_index(drop=True)
 
 

@@ -29,6 +29,9 @@ def test_pretrain_then_finetune_on_the_other_classes(tmp_path):
     # a second call resumes from the last checkpoint and reproduces the same weights
     again = pretrain(cfg, data_dir=DATA, out_dir=tmp_path / "w", results_dir=None, progress=False)
     assert again["metrics"]["weights_sha256"] == rec["metrics"]["weights_sha256"]
+    # its wall time counts the epochs the first call trained
+    spent = again["provenance"]["wall_time_s"] - again["provenance"]["wall_time_this_process_s"]
+    assert spent >= sum(h["seconds"] for h in rec["metrics"]["history"])
     ft = FinetuneConfig(model="resnet18", dataset="cifar100", method="lance", layers=2, epochs=1, batch_size=16,
                         resolution=32, classes=(5, 10), pretrained=str(weights), train_limit=64, test_limit=32,
                         calibration_batches=2)

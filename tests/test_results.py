@@ -46,3 +46,58 @@ def test_load_results_flattens(tmp_path):
     assert "config.method" in table and "provenance.commit" in table
     with pytest.raises(lance.LanceError, match="needs a 'metrics'"):
         write_result(tmp_path / "x.json", {"config": {}, "provenance": {}})
+
+
+def test_finetune_table_separates_settings_and_puts_the_papers_numbers_beside(tmp_path):
+    import pandas as pd
+
+    from lance import tables
+
+    def record(method, layers, acc, epochs=50, seed=42, classes=None, batch_size=128, train_limit=0):
+        cfg = {"model": "mcunet-in2", "dataset": "cifar100", "method": method, "layers": layers, "energy": 0.7,
+               "epochs": epochs, "batch_size": batch_size, "seed": seed, "classes": classes,
+               "train_limit": train_limit}
+        return {"config": cfg, "metrics": {"accuracy": acc, "activation_mb": 1.0, "activation_mb_measured": 1.1,
+                                           "train_tflops": 0.001}, "provenance": {"commit": "abc"}}
+
+    write_result(tmp_path / "a.json", record("bp", 2, 60.0))
+    write_result(tmp_path / "b.json", record("lance", 2, 50.0))
+    write_result(tmp_path / "c.json", record("lance", 2, 54.0, seed=1))  # two seeds: averaged
+    write_result(tmp_path / "d.json", record("lance", 2, 40.0, epochs=10))  # fewer epochs: a row of its own
+    write_result(tmp_path / "e.json", record("lance", 2, 30.0, train_limit=512))  # a demonstration: left out
+    write_result(tmp_path / "f.json", record("bp", 2, 70.0, classes=[50, 100]))  # split protocol
+    write_result(tmp_path / "g.json", record("bp", 4, 55.0, batch_size=4))
+    results = tables.finetune_results(tmp_path)
+    table = tables.finetune_table(results)
+    assert list(zip(table.method, table.epochs)) == [("bp", 50), ("lance", 10), ("lance", 50)]
+    assert table.acc.tolist() == [60.0, 40.0, 52.0] and table.seeds.tolist() == [1, 1, 2]
+    from lance.paper import paper_finetuning
+
+    paper = paper_finetuning()
+    want = paper[(paper.table == "2") & (paper.model == "MCUNet") & (paper.method == "bp") & (paper.layers == 2)
+                 & (paper.dataset == "cifar100")].acc.iloc[0]
+    assert table["acc (paper)"].iloc[0] == want
+    split = tables.finetune_table(results, classes=(50, 100), paper_table="1", paper_dataset="imagenet-split-b")
+    assert split.acc.tolist() == [70.0] and pd.isna(split["acc (paper)"].iloc[0])  # the paper has no MCUNet there
+    small = tables.finetune_table(results, batch_size=4, paper_table="8")
+    want = paper[(paper.table == "8") & (paper.model == "MCUNet") & (paper.method == "bp") & (paper.layers == 4)
+                 & (paper.dataset == "cifar100") & (paper.batch_size == 4)].acc.iloc[0]
+    assert small.acc.tolist() == [55.0] and small["acc (paper)"].iloc[0] == want
+
+
+def test_sweep_builds_every_configuration_and_skips_finished_ones(tmp_path, monkeypatch, capsys):
+    """`python -m lance sweep` hands the trainer one config per grid point, with the
+    split-protocol options, and does not rerun a setting whose result file exists."""
+    import lance.finetune as ft
+    from lance.__main__ import main
+
+    seen = []
+    monkeypatch.setattr(ft, "finetune", lambda cfg, **kw: seen.append(cfg))
+    (tmp_path / ft.result_name(ft.FinetuneConfig(model="resnet18", method="bp", layers=2, classes=(50, 100),
+                                                 resolution=64, pretrained="w.pt"))).write_text("{}")
+    argv = ["sweep", "--models", "resnet18", "--methods", "bp", "lance", "--layers", "2", "4", "--classes", "50",
+            "100", "--pretrained", "w.pt", "--resolution", "64", "--out", str(tmp_path), "--no-progress"]
+    assert main(argv) == 0
+    assert [(c.method, c.layers) for c in seen] == [("lance", 2), ("bp", 4), ("lance", 4)]
+    assert all(c.classes == (50, 100) and c.pretrained == "w.pt" and c.resolution == 64 for c in seen)
+    assert "done already" in capsys.readouterr().out
