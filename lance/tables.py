@@ -7,7 +7,7 @@ from typing import Optional
 from .paper import paper_finetuning
 from .results import RESULTS_DIR, load_results
 
-__all__ = ["finetune_results", "finetune_table", "continual_results", "continual_table", "memory_by_layer",
+__all__ = ["finetune_results", "finetune_table", "ablation_table", "continual_results", "continual_table", "memory_by_layer",
            "stored_activation_mb", "default_settings", "PAPER_MODEL_NAMES"]
 
 #: how the paper names the models of this project
@@ -63,6 +63,33 @@ def finetune_table(results, dataset: str = "cifar100", batch_size: int = 128, pa
         table = table.sort_values(["model", "layers", "method", "epochs"],
                                   key=lambda s: s.map(_METHOD_ORDER) if s.name == "method" else s)
     return table.reset_index(drop=True)
+
+
+def ablation_table(results, model: str = "mcunet-in2", dataset: str = "cifar100", layers: int = 2,
+                   batch_size: int = 128):
+    """LANCE's accuracy and memory for each (energy, calibration batches, epochs) that was run
+    for one model, dataset and number of layers (the paper's Fig. 3), with the matching BP run's
+    accuracy and memory (same epochs) for reference. Runs on a slice of the data are left out."""
+    import pandas as pd
+
+    cols = ["energy", "calibration batches", "epochs", "runs", "acc", "MB", "MB measured", "BP acc", "BP MB"]
+    if not len(results):
+        return pd.DataFrame(columns=cols)
+    plain = results["config.classes"].map(lambda c: c is None)
+    sel = results[(results["config.model"] == model) & (results["config.dataset"] == dataset)
+                  & (results["config.layers"] == layers) & (results["config.batch_size"] == batch_size)
+                  & (results["config.train_limit"] == 0) & plain]
+    bp = sel[sel["config.method"] == "bp"].groupby("config.epochs")
+    rows = []
+    keys = ["config.energy", "config.calibration_batches", "config.epochs"]
+    for (energy, n_cal, epochs), grp in sel[sel["config.method"] == "lance"].groupby(keys):
+        ref = bp.get_group(epochs) if epochs in bp.groups else None
+        rows.append({"energy": float(energy), "calibration batches": int(n_cal), "epochs": int(epochs),
+                     "runs": len(grp), "acc": grp["metrics.accuracy"].mean(), "MB": grp["metrics.activation_mb"].mean(),
+                     "MB measured": grp["metrics.activation_mb_measured"].mean(),
+                     "BP acc": None if ref is None else ref["metrics.accuracy"].mean(),
+                     "BP MB": None if ref is None else ref["metrics.activation_mb"].mean()})
+    return pd.DataFrame(rows, columns=cols).sort_values(["epochs", "calibration batches", "energy"]).reset_index(drop=True)
 
 
 _CL_METHOD_ORDER = {"lance": 0, "gpm": 1, "finetune": 2, "multitask": 3}

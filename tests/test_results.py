@@ -101,3 +101,28 @@ def test_sweep_builds_every_configuration_and_skips_finished_ones(tmp_path, monk
     assert [(c.method, c.layers) for c in seen] == [("lance", 2), ("bp", 4), ("lance", 4)]
     assert all(c.classes == (50, 100) and c.pretrained == "w.pt" and c.resolution == 64 for c in seen)
     assert "done already" in capsys.readouterr().out
+
+
+def test_ablation_table_pairs_each_lance_setting_with_bp_of_the_same_length(tmp_path):
+    from lance import tables
+
+    def record(method, acc, energy=0.7, n_cal=100, epochs=10, layers=2, mb=1.0):
+        cfg = {"model": "mcunet-in2", "dataset": "cifar100", "method": method, "layers": layers, "energy": energy,
+               "calibration_batches": n_cal, "epochs": epochs, "batch_size": 128, "seed": 42, "classes": None,
+               "train_limit": 0}
+        return {"config": cfg, "metrics": {"accuracy": acc, "activation_mb": mb, "activation_mb_measured": mb,
+                                           "train_tflops": 0.001}, "provenance": {"commit": "abc"}}
+
+    write_result(tmp_path / "a.json", record("bp", 60.0, mb=12.0))
+    write_result(tmp_path / "b.json", record("bp", 65.0, epochs=50, mb=12.0))
+    write_result(tmp_path / "c.json", record("lance", 50.0, energy=0.5, mb=0.01))
+    write_result(tmp_path / "d.json", record("lance", 55.0, energy=0.9, mb=0.2))
+    write_result(tmp_path / "e.json", record("lance", 52.0, n_cal=10, mb=0.05))
+    write_result(tmp_path / "f.json", record("lance", 59.0, epochs=50))
+    write_result(tmp_path / "g.json", record("lance", 11.0, layers=4))  # another setting: left out
+    table = tables.ablation_table(tables.finetune_results(tmp_path))
+    assert list(zip(table.epochs, table["calibration batches"], table.energy)) == [
+        (10, 10, 0.7), (10, 100, 0.5), (10, 100, 0.9), (50, 100, 0.7)]
+    assert table.acc.tolist() == [52.0, 50.0, 55.0, 59.0]
+    assert table["BP acc"].tolist() == [60.0, 60.0, 60.0, 65.0]
+    assert tables.ablation_table(tables.finetune_results(tmp_path / "none")).empty
