@@ -179,6 +179,28 @@ def _notebook_status(path: Path) -> dict[str, Any]:
     }
 
 
+def _plan_section() -> list[str]:
+    """The paper-scale runs (``lance.plan``): per group how many have a result file, then
+    every missing one with the command that writes it."""
+    from .plan import plan_status
+
+    plan = plan_status()
+    groups = plan.groupby("group", sort=False).done.agg(["sum", "count"]).reset_index()
+    missing = plan[~plan.done]
+    return [
+        "## Paper-scale runs",
+        "",
+        "The result files under `data/results/` that the chapters render, against the runs the book "
+        "plans (`lance.plan`); the tables say how many epochs and seeds each file has.",
+        "",
+        _table(["Group", "With a result file", "Planned"], [[g, int(d), int(c)] for g, d, c in groups.values]),
+        "",
+        *(["Not run yet, with the command that runs each:", "",
+           _table(["Group", "Setting", "Command"], [[r.group, r.setting, f"`{r.command}`"]
+                                                    for r in missing.itertuples()]), ""] if len(missing) else []),
+    ]
+
+
 def status_page(executed_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     """Write the MyST page "Status and reproducibility" for the notebooks in ``executed_dir``
     (executed by papermill): per notebook its start time, duration and outcome, then the
@@ -212,6 +234,7 @@ def status_page(executed_dir: str | os.PathLike, out_path: str | os.PathLike) ->
         f"{len(notebooks)} notebook(s), {sum(nb['ok'] for nb in notebooks)} ok, "
         f"{total:.1f} s of execution in total.",
         "",
+        *_plan_section(),
         "## Software",
         "",
         _table(["Package", "Version"], [[k, v] for k, v in versions().items()]),

@@ -1,0 +1,121 @@
+"""The paper-scale runs the book is built on, and which of them have a result file.
+
+``PLAN`` lists, per table or figure of the paper, the runs whose result files the chapters
+render, each with the command that writes it. :func:`plan_status` matches them against the
+files under ``data/results/``: a run is done when a file with the planned settings exists
+(whatever its number of epochs or seed: the tables say those), missing otherwise. The book's
+status page shows the list, so a reader sees at a glance what has been regenerated here and
+what has not, and how to run the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .results import RESULTS_DIR
+
+__all__ = ["PlannedRun", "PLAN", "plan_status"]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    group: str  # the paper's table or figure the run belongs to
+    kind: str  # finetune | continual | pretrain | latency: the subfolder of data/results
+    match: dict = field(default_factory=dict)  # config values a result file must have
+    command: str = ""
+
+    def setting(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.match.items())
+
+
+def _finetune(group: str, command: str, models, methods, layers=(2, 4), **match) -> list[PlannedRun]:
+    """Runs of the default settings (eps 0.7, 100 calibration batches) of each model x layers x method."""
+    match = {"energy": 0.7, "calibration_batches": 100, **match}
+    return [PlannedRun(group, "finetune", {"model": m, "method": meth, "layers": n, **match}, command)
+            for m in models for n in layers for meth in methods]
+
+
+_SWEEP = "python -m lance sweep"
+_SPLIT = "--classes 50 100 --resolution 64 --pretrained _build/weights/{model}_cifar100_c0-50_r64_ep30_s0.pt"
+PLAN: list[PlannedRun] = [
+    *_finetune("Table 2: CIFAR-100, ImageNet weights", f"{_SWEEP} --models mcunet-in2", ["mcunet-in2"],
+               ["bp", "hosvd", "asi", "lance"], dataset="cifar100", batch_size=128, classes=None),
+    *_finetune("Table 2: CIFAR-100, ImageNet weights", f"{_SWEEP} --models mobilenet_v2 --epochs 10",
+               ["mobilenet_v2"], ["bp", "hosvd", "asi", "lance"], dataset="cifar100", batch_size=128, classes=None),
+    PlannedRun("Table 1: split protocol (pretraining)", "pretrain", {"model": "resnet18", "classes": [0, 50]},
+               "python -m lance pretrain --model resnet18"),
+    PlannedRun("Table 1: split protocol (pretraining)", "pretrain", {"model": "resnet34", "classes": [0, 50]},
+               "python -m lance pretrain --model resnet34"),
+    *[run for model in ("resnet18", "resnet34") for run in _finetune(
+        "Table 1: split protocol (fine-tuning)", f"{_SWEEP} --models {model} {_SPLIT.format(model=model)}",
+        [model], ["bp", "hosvd", "asi", "lance"], dataset="cifar100", batch_size=128, classes=[50, 100])],
+    *_finetune("MobileNetV2 on Fashion-MNIST", f"{_SWEEP} --models mobilenet_v2 --dataset fashion_mnist "
+               "--methods bp lance --epochs 10", ["mobilenet_v2"], ["bp", "lance"], dataset="fashion_mnist",
+               batch_size=128, classes=None),
+    *[run for bs in (4, 8) for run in _finetune(
+        "Tables 8-9: small batches", f"{_SWEEP} --models mcunet-in2 --methods bp lance --batch-sizes {bs} --epochs 10",
+        ["mcunet-in2"], ["bp", "lance"], dataset="cifar100", batch_size=bs, classes=None)],
+    *[PlannedRun("Figure 3: ablation of eps", "finetune",
+                 {"model": "mcunet-in2", "method": "lance", "layers": 4, "energy": e, "calibration_batches": 100,
+                  "batch_size": 128, "classes": None},
+                 f"{_SWEEP} --models mcunet-in2 --methods lance --layers 4 --epochs 10 --energies {e}")
+      for e in (0.5, 0.6, 0.8, 0.9)],
+    *[PlannedRun("Figure 3: ablation of N", "finetune",
+                 {"model": "mcunet-in2", "method": "lance", "layers": 4, "energy": 0.7, "calibration_batches": n,
+                  "batch_size": 128, "classes": None},
+                 f"{_SWEEP} --models mcunet-in2 --methods lance --layers 4 --epochs 10 --calibration-batches {n}")
+      for n in (1, 10, 50)],
+    PlannedRun("Figure 5: latency", "latency", {"model": "mcunet-in2", "batch_size": 128},
+               "python -m lance latency --out data/results/latency/mcunet-in2_bs128.json"),
+    *[PlannedRun("Table 3: continual learning", "continual", {"benchmark": b, "method": m},
+                 f"python -m lance continual --benchmark {b} --methods {m}")
+      for b in ("split_cifar100", "permuted_mnist", "five_datasets") for m in ("lance", "gpm", "finetune", "multitask")],
+]
+
+
+def _records(directory: Path) -> list[tuple[Path, dict]]:
+    out = []
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        try:
+            out.append((path, json.loads(path.read_text())))
+        except (OSError, ValueError):
+            continue  # an unreadable file matches nothing; load_results reports it elsewhere
+    return out
+
+
+def _matches(record: dict, kind: str, match: dict) -> bool:
+    cfg = record.get("config", {})
+    if kind == "finetune" and cfg.get("train_limit"):  # a demonstration on a slice of the data
+        return False
+    if kind == "continual" and cfg.get("tasks"):  # a run of the first few tasks only
+        return False
+    for key, want in match.items():
+        have = cfg.get(key)
+        if isinstance(have, (list, tuple)):
+            have = list(have)
+        if isinstance(want, float) and isinstance(have, (int, float)):
+            if abs(have - want) > 1e-9:
+                return False
+        elif have != want:
+            return False
+    return True
+
+
+def plan_status(results_dir: Optional[str | Path] = None):
+    """One row per planned run: its group, setting, the matching result files (with their
+    epochs) or ``missing``, and the command that writes it."""
+    import pandas as pd
+
+    root = Path(results_dir) if results_dir else RESULTS_DIR
+    records = {kind: _records(root / kind) for kind in {run.kind for run in PLAN}}
+    rows = []
+    for run in PLAN:
+        found = [(p, r) for p, r in records[run.kind] if _matches(r, run.kind, run.match)]
+        files = ", ".join(p.name + (f" ({r['config']['epochs']} epochs)" if "epochs" in r.get("config", {}) else "")
+                          for p, r in found)
+        rows.append({"group": run.group, "setting": run.setting(), "done": bool(found),
+                     "result files": files or "missing", "command": run.command})
+    return pd.DataFrame(rows)

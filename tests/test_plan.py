@@ -1,0 +1,54 @@
+"""lance.plan: the planned paper-scale runs, matched against result files."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from lance.__main__ import build_parser
+from lance.plan import PLAN, plan_status
+from lance.results import write_result
+
+
+def _finetune(**cfg):
+    base = {"model": "mcunet-in2", "dataset": "cifar100", "method": "lance", "layers": 2, "energy": 0.7,
+            "epochs": 50, "batch_size": 128, "seed": 42, "classes": None, "train_limit": 0,
+            "calibration_batches": 100}
+    return {"config": {**base, **cfg}, "metrics": {"accuracy": 1.0}, "provenance": {"commit": "abc"}}
+
+
+def test_a_run_is_done_only_with_a_full_result_file_of_its_settings(tmp_path):
+    write_result(tmp_path / "finetune" / "a.json", _finetune())
+    write_result(tmp_path / "finetune" / "b.json", _finetune(method="bp", train_limit=512))  # a demonstration
+    write_result(tmp_path / "finetune" / "c.json", _finetune(method="lance", layers=4, energy=0.5, epochs=10))
+    write_result(tmp_path / "continual" / "d.json", {"config": {"benchmark": "split_cifar100", "method": "gpm",
+                                                                 "tasks": 3, "epochs": 10},
+                                                      "metrics": {}, "provenance": {}})  # the first 3 tasks only
+    status = plan_status(tmp_path)
+    assert len(status) == len(PLAN)
+    done = status[status.done]
+    assert sorted(done.setting) == sorted([
+        "model=mcunet-in2, method=lance, layers=2, energy=0.7, calibration_batches=100, dataset=cifar100, "
+        "batch_size=128, classes=None",
+        "model=mcunet-in2, method=lance, layers=4, energy=0.5, calibration_batches=100, batch_size=128, classes=None",
+    ])
+    assert "c.json (10 epochs)" in done["result files"].tolist()
+    assert (status[~status.done]["result files"] == "missing").all()
+
+
+@pytest.mark.parametrize("run", PLAN, ids=lambda r: r.setting())
+def test_every_planned_command_is_a_valid_command_line(run):
+    args = build_parser().parse_args(shlex.split(run.command)[3:])  # after "python -m lance"
+    assert args.func.__name__.endswith(run.command.split()[3])
+
+
+def test_status_page_lists_the_missing_runs_with_their_commands(tmp_path):
+    from lance import provenance
+
+    out = provenance.status_page(tmp_path, tmp_path / "status.md")
+    text = out.read_text()
+    assert "## Paper-scale runs" in text
+    missing = plan_status()
+    for row in missing[~missing.done].itertuples():
+        assert f"`{row.command}`" in text
