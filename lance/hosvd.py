@@ -81,6 +81,10 @@ def mode_product(x: Tensor, matrix: Tensor, mode: int) -> Tensor:
     shape = tuple(x.shape)
     if mode == len(shape) - 1:  # the last mode: one matmul over all leading modes
         return x @ matrix.t()
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        # channels-last (NHWC in memory, as oneDNN's convolutions leave them): work on the
+        # contiguous NHWC view instead of copying x to NCHW; the result stays channels-last
+        return mode_product(x.permute(0, 2, 3, 1), matrix, (0, 3, 1, 2)[mode]).permute(0, 3, 1, 2)
     # (before, n, after) batches of matrix @ slice: no permuted copy of x (3x faster than tensordot here)
     before, after = math.prod(shape[:mode]), math.prod(shape[mode + 1:])
     y = torch.matmul(matrix, x.reshape(before, shape[mode], after))

@@ -101,25 +101,39 @@ class ConvGeometry:
     def conv(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         return F.conv2d(self.pad(x), weight, bias, self.stride, self.kernel_padding, self.dilation, self.groups)
 
-    def input_grad(self, input_shape: Sequence[int], weight: Tensor, grad_out: Tensor) -> Tensor:
-        """Exact gradient with respect to the (unpadded) input."""
-        g = torch.nn.grad.conv2d_input(self.padded_shape(input_shape), weight, grad_out, self.stride,
-                                       self.kernel_padding, self.dilation, self.groups)
+    def input_grad(self, input_shape: Sequence[int], weight: Tensor, grad_out: Tensor,
+                   memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
+        """Exact gradient with respect to the (unpadded) input, laid out in ``memory_format``
+        (that of the input: the frozen layers before it then get their gradient in the layout of
+        their own saved tensors, as in plain backprop, and need no conversions)."""
+        stand_in = torch.empty(self.padded_shape(input_shape), dtype=grad_out.dtype, device=grad_out.device,
+                               memory_format=memory_format)
+        g = self._backward(stand_in, weight, grad_out, input_grad=True)
         if self.native or not any(self.pads):
             return g
         l, r, t, b = self.pads
         if self.mode == "constant":
-            return g[:, :, t: g.shape[2] - b, l: g.shape[3] - r]
+            return g[:, :, t: g.shape[2] - b, l: g.shape[3] - r].contiguous(memory_format=memory_format)
         # reflect / replicate / circular: the adjoint of F.pad, by autograd on a shape-only input
         with torch.enable_grad():
             dummy = torch.zeros(input_shape, dtype=g.dtype, device=g.device, requires_grad=True)
             (gx,) = torch.autograd.grad(F.pad(dummy, self.pads, mode=self.mode), dummy, g)
-        return gx
+        return gx.contiguous(memory_format=memory_format)
 
     def weight_grad(self, x: Tensor, weight_shape: Sequence[int], grad_out: Tensor) -> Tensor:
         """Weight gradient of the convolution for input ``x`` (unpadded) and ``grad_out``."""
-        return torch.nn.grad.conv2d_weight(self.pad(x), list(weight_shape), grad_out, self.stride,
-                                           self.kernel_padding, self.dilation, self.groups)
+        weight = torch.empty(list(weight_shape), dtype=grad_out.dtype, device=grad_out.device)
+        return self._backward(self.pad(x), weight, grad_out, input_grad=False)
+
+    def _backward(self, x: Tensor, weight: Tensor, grad_out: Tensor, input_grad: bool) -> Tensor:
+        """One of the two gradients of the convolution, by the kernel autograd itself calls. Only
+        the shape of the tensor whose gradient is not wanted matters; unlike the
+        ``torch.nn.grad`` helpers, which pass a broadcast (stride-0) stand-in, it is handed a real
+        contiguous one here: with the stand-in, oneDNN takes a much slower route on the CPU
+        (3x for the input gradient of a 3 x 3 depthwise convolution)."""
+        return torch.ops.aten.convolution_backward(
+            grad_out, x, weight, None, list(self.stride), list(self.kernel_padding), list(self.dilation), False,
+            [0, 0], self.groups, [input_grad, not input_grad, False])[0 if input_grad else 1]
 
 
 # ---------------------------------------------------------------------------------------
@@ -165,6 +179,14 @@ def linear_weight_grad_from_core(core: Tensor, factors: Sequence[Optional[Tensor
 # ---------------------------------------------------------------------------------------
 # Autograd functions
 # ---------------------------------------------------------------------------------------
+def _memory_format(x: Tensor) -> torch.memory_format:
+    """``channels_last`` for an NHWC-strided 4-D tensor (oneDNN's convolutions produce them on
+    the CPU), else the default layout."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 class _LanceConv2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, geometry, u_b, u_c, u_h, u_w):
@@ -172,6 +194,7 @@ class _LanceConv2dFunction(torch.autograd.Function):
         y = geometry.conv(x, weight, bias)
         ctx.geometry = geometry
         ctx.input_shape = tuple(x.shape)
+        ctx.memory_format = _memory_format(x)
         ctx.weight_shape = tuple(weight.shape)
         ctx.has_bias = bias is not None
         core = project(x.detach(), factors) if ctx.needs_input_grad[1] else None
@@ -184,7 +207,7 @@ class _LanceConv2dFunction(torch.autograd.Function):
         g = ctx.geometry
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = g.input_grad(ctx.input_shape, weight, grad_out)
+            grad_x = g.input_grad(ctx.input_shape, weight, grad_out, ctx.memory_format)
         if ctx.needs_input_grad[1]:
             grad_w = conv_weight_grad_from_core(core, factors, grad_out, g, ctx.weight_shape)
         if ctx.has_bias and ctx.needs_input_grad[2]:

@@ -180,3 +180,20 @@ def test_angle_sweep_matches_direct_angles_and_is_zero_at_full_energy():
     row = sweep[(sweep.energy == 0.5) & (sweep.batch == 1) & (sweep.layer == "5")].iloc[0]
     assert row.angle_deg == pytest.approx(lance.gradient_angle(approx["5"], exact["5"]), abs=1e-9)
     assert row.memory_ratio > 0
+
+
+@pytest.mark.parametrize("case", ["plain3x3", "depthwise-stride2", "pointwise", "reflect"])
+def test_channels_last_input_gives_the_same_gradients_in_its_own_layout(case):
+    """oneDNN leaves feature maps channels-last; LANCE's input gradient must then come back
+    channels-last too (a layout mismatch makes the frozen BatchNorm's backward take a slow
+    path), with the same values as for a contiguous input."""
+    factory, shape = CONV_CASES[case]
+    torch.manual_seed(3)
+    _, compressed, _ = calibrated_pair(factory(), shape, energy=0.6)
+    x = torch.randn(shape, dtype=torch.float64)
+    upstream = torch.randn_like(compressed(x))
+    _, gx_ref, gw_ref, _ = grads_of(compressed, compressed[0], x, upstream)
+    x_cl = x.to(memory_format=torch.channels_last)
+    _, gx, gw, _ = grads_of(compressed, compressed[0], x_cl, upstream)
+    assert rel(gx, gx_ref) < 1e-12 and rel(gw, gw_ref) < 1e-12
+    assert gx.is_contiguous(memory_format=torch.channels_last)

@@ -59,3 +59,14 @@ def test_skip_modes_and_ranks_table():
     assert list(table.columns) == ["energy", "b", "c", "h", "w"]
     assert table.iloc[1][["b", "c", "h", "w"]].tolist() == list(x.shape)
     assert math.isclose(captured_by(torch.zeros(2, 2), [None, None]), 1.0)
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2, 3])
+def test_mode_product_of_a_channels_last_tensor_equals_the_contiguous_one(mode):
+    from lance.hosvd import mode_product
+
+    x = torch.randn(3, 5, 4, 6, dtype=torch.float64)
+    m = torch.randn(2, x.shape[mode], dtype=torch.float64)
+    ref = mode_product(x, m, mode)
+    got = mode_product(x.to(memory_format=torch.channels_last), m, mode)
+    assert got.shape == ref.shape and torch.allclose(got, ref, rtol=1e-12, atol=1e-12)
