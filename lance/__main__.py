@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="cifar100")
     p.add_argument("--classes", type=int, nargs=2, default=[0, 50], metavar=("FIRST", "END"))
     p.add_argument("--resolution", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)

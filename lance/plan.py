@@ -39,7 +39,7 @@ def _finetune(group: str, command: str, models, methods, layers=(2, 4), **match)
 
 
 _SWEEP = "python -m lance sweep"
-_SPLIT = "--classes 50 100 --resolution 64 --pretrained _build/weights/{model}_cifar100_c0-50_r64_ep30_s0.pt"
+_SPLIT = "--classes 50 100 --resolution 64 --pretrained _build/weights/{model}_cifar100_c0-50_r64_ep15_s0.pt"
 PLAN: list[PlannedRun] = [
     *_finetune("Table 2: CIFAR-100, ImageNet weights", f"{_SWEEP} --models mcunet-in2", ["mcunet-in2"],
                ["bp", "hosvd", "asi", "lance"], dataset="cifar100", batch_size=128, classes=None),
