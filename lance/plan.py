@@ -58,16 +58,13 @@ PLAN: list[PlannedRun] = [
     *[run for bs in (4, 8) for run in _finetune(
         "Tables 8-9: small batches", f"{_SWEEP} --models mcunet-in2 --methods bp lance --batch-sizes {bs} --epochs 10",
         ["mcunet-in2"], ["bp", "lance"], dataset="cifar100", batch_size=bs, classes=None)],
-    *[PlannedRun("Figure 3: ablation of eps", "finetune",
-                 {"model": "mcunet-in2", "method": "lance", "layers": 4, "energy": e, "calibration_batches": 100,
-                  "batch_size": 128, "classes": None},
-                 f"{_SWEEP} --models mcunet-in2 --methods lance --layers 4 --epochs 10 --energies {e}")
-      for e in (0.5, 0.6, 0.8, 0.9)],
-    *[PlannedRun("Figure 3: ablation of N", "finetune",
-                 {"model": "mcunet-in2", "method": "lance", "layers": 4, "energy": 0.7, "calibration_batches": n,
-                  "batch_size": 128, "classes": None},
-                 f"{_SWEEP} --models mcunet-in2 --methods lance --layers 4 --epochs 10 --calibration-batches {n}")
-      for n in (1, 10, 50)],
+    *[PlannedRun("Figure 3: ablations (10 epochs)", "finetune",
+                 {"model": "mcunet-in2", "method": method, "layers": 4, "energy": e, "calibration_batches": n,
+                  "batch_size": 128, "classes": None, "epochs": 10},
+                 f"{_SWEEP} --models mcunet-in2 --methods {method} --layers 4 --epochs 10 --energies {e}"
+                 f" --calibration-batches {n}")
+      for method, e, n in [("bp", 0.7, 100), ("lance", 0.7, 100), *[("lance", e, 100) for e in (0.5, 0.6, 0.8, 0.9)],
+                           *[("lance", 0.7, n) for n in (1, 10, 50)]]],
     PlannedRun("Figure 5: latency", "latency", {"model": "mcunet-in2", "batch_size": 128},
                "python -m lance latency --out data/results/latency/mcunet-in2_bs128.json"),
     *[PlannedRun("Table 3: continual learning", "continual", {"benchmark": b, "method": m},

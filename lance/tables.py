@@ -29,12 +29,15 @@ def finetune_results(directory=None):
 
 
 def finetune_table(results, dataset: str = "cifar100", batch_size: int = 128, paper_table: str = "2",
-                   paper_dataset: Optional[str] = None, classes: Optional[tuple[int, int]] = None):
+                   paper_dataset: Optional[str] = None, classes: Optional[tuple[int, int]] = None,
+                   energy: float = 0.7, calibration_batches: int = 100):
     """One row per (model, method, layers, epochs): our accuracy, MB and TFLOPs beside the
     paper's, with the epochs and seeds behind ours. ``results`` is :func:`finetune_results`'s
     table; ``classes`` selects the split-protocol runs that fine-tuned on classes
-    ``[first, end)`` (``None``: runs on the whole dataset). Runs on a slice of the training set
-    (``train_limit``) are left out."""
+    ``[first, end)`` (``None``: runs on the whole dataset). Only runs of the given energy
+    threshold and number of calibration batches count (the paper's table setting; the ablations
+    have :func:`ablation_table`), and runs on a slice of the training set (``train_limit``) are
+    left out."""
     import pandas as pd
 
     paper = paper_finetuning()
@@ -45,7 +48,9 @@ def finetune_table(results, dataset: str = "cifar100", batch_size: int = 128, pa
     if len(results):
         same_classes = results["config.classes"].map(lambda c: (None if c is None else list(c)) == wanted)
         sel = results[(results["config.dataset"] == dataset) & (results["config.batch_size"] == batch_size)
-                      & (results["config.train_limit"] == 0) & same_classes]
+                      & (results["config.train_limit"] == 0) & same_classes
+                      & ((results["config.energy"] - energy).abs() < 1e-9)
+                      & (results["config.calibration_batches"] == calibration_batches)]
         keys = ["config.model", "config.method", "config.layers", "config.epochs"]
         for (model, method, layers, epochs), grp in sel.groupby(keys):
             p = paper[(paper.model == PAPER_MODEL_NAMES.get(model, model)) & (paper.method == method)

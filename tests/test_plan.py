@@ -31,7 +31,8 @@ def test_a_run_is_done_only_with_a_full_result_file_of_its_settings(tmp_path):
     assert sorted(done.setting) == sorted([
         "model=mcunet-in2, method=lance, layers=2, energy=0.7, calibration_batches=100, dataset=cifar100, "
         "batch_size=128, classes=None",
-        "model=mcunet-in2, method=lance, layers=4, energy=0.5, calibration_batches=100, batch_size=128, classes=None",
+        "model=mcunet-in2, method=lance, layers=4, energy=0.5, calibration_batches=100, batch_size=128, classes=None, "
+        "epochs=10",
     ])
     assert "c.json (10 epochs)" in done["result files"].tolist()
     assert (status[~status.done]["result files"] == "missing").all()

@@ -53,10 +53,11 @@ def test_finetune_table_separates_settings_and_puts_the_papers_numbers_beside(tm
 
     from lance import tables
 
-    def record(method, layers, acc, epochs=50, seed=42, classes=None, batch_size=128, train_limit=0):
-        cfg = {"model": "mcunet-in2", "dataset": "cifar100", "method": method, "layers": layers, "energy": 0.7,
+    def record(method, layers, acc, epochs=50, seed=42, classes=None, batch_size=128, train_limit=0, energy=0.7,
+               n_cal=100):
+        cfg = {"model": "mcunet-in2", "dataset": "cifar100", "method": method, "layers": layers, "energy": energy,
                "epochs": epochs, "batch_size": batch_size, "seed": seed, "classes": classes,
-               "train_limit": train_limit}
+               "train_limit": train_limit, "calibration_batches": n_cal}
         return {"config": cfg, "metrics": {"accuracy": acc, "activation_mb": 1.0, "activation_mb_measured": 1.1,
                                            "train_tflops": 0.001}, "provenance": {"commit": "abc"}}
 
@@ -67,6 +68,8 @@ def test_finetune_table_separates_settings_and_puts_the_papers_numbers_beside(tm
     write_result(tmp_path / "e.json", record("lance", 2, 30.0, train_limit=512))  # a demonstration: left out
     write_result(tmp_path / "f.json", record("bp", 2, 70.0, classes=[50, 100]))  # split protocol
     write_result(tmp_path / "g.json", record("bp", 4, 55.0, batch_size=4))
+    write_result(tmp_path / "h.json", record("lance", 2, 20.0, energy=0.5))  # ablations: not in the table
+    write_result(tmp_path / "i.json", record("lance", 2, 21.0, n_cal=10))
     results = tables.finetune_results(tmp_path)
     table = tables.finetune_table(results)
     assert list(zip(table.method, table.epochs)) == [("bp", 50), ("lance", 10), ("lance", 50)]
