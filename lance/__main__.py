@@ -197,6 +197,42 @@ def _cmd_continual(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    """List the planned paper-scale runs and which have result files; with --run, run the
+    commands of the missing ones, in the plan's order (pretraining before the fine-tuning that
+    needs it), each command once."""
+    import shlex
+    import subprocess
+    import sys
+
+    from .plan import plan_status
+
+    status = plan_status()
+    if args.group:
+        status = status[status.group.str.contains(args.group, case=False, regex=False)]
+    if len(status) == 0:
+        print(f"no planned run's group contains {args.group!r}")
+        return 1
+    for group, rows in status.groupby("group", sort=False):
+        print(f"{group}: {int(rows.done.sum())} of {len(rows)} with a result file")
+        for row in rows.itertuples():
+            print(f"  {'done   ' if row.done else 'missing'} {row.setting}")
+    commands = list(dict.fromkeys(status[~status.done].command))
+    if not args.run:
+        if commands:
+            print("\nto run the missing ones (add --run to run them here, in this order):")
+            print("\n".join(f"  {c}" for c in commands))
+        return 0
+    failures = 0
+    for command in commands:
+        argv = shlex.split(command)
+        if argv[:3] != ["python", "-m", "lance"]:
+            raise ValueError(f"a planned command must start with 'python -m lance': {command}")
+        print(f"\n$ {command}", flush=True)
+        failures += subprocess.call([sys.executable, "-m", "lance", *argv[3:]]) != 0
+    return 1 if failures else 0
+
+
 def _run_options(p: argparse.ArgumentParser, out: str, checkpoints: str) -> None:
     """The options every training command shares: data, result and checkpoint directories, and
     whether to save, overwrite and show progress."""
@@ -352,6 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     _run_options(p, "data/results/continual", "_build/checkpoints/continual")
     p.set_defaults(func=_cmd_continual)
+
+    p = commands.add_parser("plan", help="the paper-scale runs the book plans: which have result files; "
+                            "--run runs the missing ones")
+    p.add_argument("--group", default=None, help="only groups whose name contains this (e.g. 'Table 2')")
+    p.add_argument("--run", action="store_true", help="run the commands of the missing runs (hours to days)")
+    p.set_defaults(func=_cmd_plan)
 
     return parser
 

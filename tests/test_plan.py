@@ -53,3 +53,20 @@ def test_status_page_lists_the_missing_runs_with_their_commands(tmp_path):
     missing = plan_status()
     for row in missing[~missing.done].itertuples():
         assert f"`{row.command}`" in text
+
+
+def test_plan_command_lists_and_runs_each_missing_command_once(monkeypatch, capsys):
+    import subprocess
+
+    from lance.__main__ import main
+
+    assert main(["plan", "--group", "small batches"]) == 0
+    out = capsys.readouterr().out
+    assert "Tables 8-9: small batches:" in out and "--batch-sizes 4" in out
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda argv: calls.append(argv[3:]) or 0)
+    status = plan_status()
+    missing = status[~status.done & status.group.str.contains("small batches")]
+    assert main(["plan", "--group", "small batches", "--run"]) == 0
+    assert [" ".join(c) for c in calls] == [c.split("python -m lance ")[1] for c in dict.fromkeys(missing.command)]
+    assert main(["plan", "--group", "no such group"]) == 1
