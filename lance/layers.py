@@ -130,7 +130,7 @@ class ConvGeometry:
         the shape of the tensor whose gradient is not wanted matters; unlike the
         ``torch.nn.grad`` helpers, which pass a broadcast (stride-0) stand-in, it is handed a real
         contiguous one here: with the stand-in, oneDNN takes a much slower route on the CPU
-        (3x for the input gradient of a 3 x 3 depthwise convolution)."""
+        (for depthwise convolutions especially)."""
         return torch.ops.aten.convolution_backward(
             grad_out, x, weight, None, list(self.stride), list(self.kernel_padding), list(self.dilation), False,
             [0, 0], self.groups, [input_grad, not input_grad, False])[0 if input_grad else 1]
