@@ -79,9 +79,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             values["calibration_batches"] = n_cal
         if args.epochs:
             values["epochs"] = args.epochs
-        for key in ("classes", "pretrained", "resolution"):  # the split protocol (Table 1)
-            if getattr(args, key):
-                values[key] = tuple(args.classes) if key == "classes" else getattr(args, key)
+        if args.classes:  # the split protocol (Table 1)
+            values["classes"] = tuple(args.classes)
+        if args.pretrained:
+            values["pretrained"] = args.pretrained
+        if args.resolution:
+            values["resolution"] = args.resolution
         cfg = FinetuneConfig(**values)
         if (args.out / result_name(cfg)).exists():
             print(f"done already: {result_name(cfg)}", flush=True)

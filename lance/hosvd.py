@@ -25,6 +25,7 @@ __all__ = [
     "unfold",
     "fold",
     "mode_product",
+    "is_channels_last",
     "project",
     "expand",
     "projection_order",
@@ -69,6 +70,11 @@ def fold(matrix: Tensor, mode: int, shape: Sequence[int]) -> Tensor:
     return matrix.reshape(moved).movedim(0, mode)
 
 
+def is_channels_last(x: Tensor) -> bool:
+    """An NHWC-strided 4-D tensor (oneDNN's convolutions leave feature maps so on the CPU)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def mode_product(x: Tensor, matrix: Tensor, mode: int) -> Tensor:
     """``x ×_mode matrix`` for ``matrix`` of shape ``(J, x.shape[mode])``."""
     if matrix.shape[1] != x.shape[mode]:
@@ -81,7 +87,7 @@ def mode_product(x: Tensor, matrix: Tensor, mode: int) -> Tensor:
     shape = tuple(x.shape)
     if mode == len(shape) - 1:  # the last mode: one matmul over all leading modes
         return x @ matrix.t()
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if is_channels_last(x):
         # channels-last (NHWC in memory, as oneDNN's convolutions leave them): work on the
         # contiguous NHWC view instead of copying x to NCHW; the result stays channels-last
         return mode_product(x.permute(0, 2, 3, 1), matrix, (0, 3, 1, 2)[mode]).permute(0, 3, 1, 2)

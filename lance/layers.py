@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .calibration import Calibration, LayerCalibration
 from .errors import BatchSizeError, CalibrationMismatchError, InputShapeError, LanceError
-from .hosvd import expand, mode_product, project
+from .hosvd import expand, is_channels_last, mode_product, project
 from .selection import layer_spec, resolve_layers
 
 __all__ = [
@@ -179,14 +179,6 @@ def linear_weight_grad_from_core(core: Tensor, factors: Sequence[Optional[Tensor
 # ---------------------------------------------------------------------------------------
 # Autograd functions
 # ---------------------------------------------------------------------------------------
-def _memory_format(x: Tensor) -> torch.memory_format:
-    """``channels_last`` for an NHWC-strided 4-D tensor (oneDNN's convolutions produce them on
-    the CPU), else the default layout."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 class _LanceConv2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, geometry, u_b, u_c, u_h, u_w):
@@ -194,7 +186,7 @@ class _LanceConv2dFunction(torch.autograd.Function):
         y = geometry.conv(x, weight, bias)
         ctx.geometry = geometry
         ctx.input_shape = tuple(x.shape)
-        ctx.memory_format = _memory_format(x)
+        ctx.memory_format = torch.channels_last if is_channels_last(x) else torch.contiguous_format
         ctx.weight_shape = tuple(weight.shape)
         ctx.has_bias = bias is not None
         core = project(x.detach(), factors) if ctx.needs_input_grad[1] else None
