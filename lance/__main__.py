@@ -340,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, help="default 5")
     p.add_argument("--energy", type=float, help="LANCE's threshold, also fixes ASI's ranks (default 0.7)")
     p.add_argument("--hosvd-energy", dest="hosvd_energy", type=float, help="default 0.8")
+    p.add_argument("--hosvd-solver", dest="hosvd_solver", choices=["gram", "svd"], help="how per-step HOSVD "
+                   "finds each mode's basis: eigh of the Gram matrix (default) or an SVD of the unfolding")
     p.add_argument("--calibration-batches", dest="calibration_batches", type=int, help="default 4")
     p.add_argument("--num-classes", dest="num_classes", type=int, help="classes of the new head (default 10)")
     p.add_argument("--data", choices=["auto", "cifar100", "samples"], help="inputs (default auto: CIFAR-100 if "

@@ -1,7 +1,10 @@
 """The per-iteration baselines the paper compares against, on LANCE's own backward.
 
 * HOSVD {Nguyen et al., NeurIPS 2024}: a fresh truncated HOSVD of every activation at every
-  training step; each mode's rank is the smallest reaching the energy threshold.
+  training step; each mode's rank is the smallest reaching the energy threshold. Each mode's
+  basis comes from ``eigh`` of its Gram matrix (``solver="gram"``, the default: the same
+  subspaces, cheaper) or from an SVD of the unfolding (``solver="svd"``, as the paper
+  describes the baseline); ``python -m lance latency --hosvd-solver`` times either.
 * ASI {Nguyen et al., ICML 2025}: fixed ranks chosen offline; at every step, one subspace
   iteration per mode warm-started from the previous step's basis,
   ``U <- orth(X_(m) X_(m)^T U_prev)``.
@@ -20,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from .calibration import LayerCalibration
-from .hosvd import basis_from_gram, check_energy, energy_rank, mode_gram, unfold
+from .errors import LanceError
+from .hosvd import SOLVERS, check_energy, energy_rank, mode_basis, unfold
 from .layers import LanceConv2d, LanceLinear
 
 __all__ = ["HOSVDConv2d", "HOSVDLinear", "ASIConv2d", "ASILinear", "hosvd_factory", "asi_factory"]
@@ -51,6 +55,7 @@ class _PerStepStats:
 class _HOSVDMixin(_PerStepStats):
     energy: float
     compress_batch: bool
+    solver: str = "gram"
 
     def factors_for(self, x: Tensor) -> list[Optional[Tensor]]:
         factors = []
@@ -58,7 +63,7 @@ class _HOSVDMixin(_PerStepStats):
             if m == 0 and not self.compress_batch:
                 factors.append(None)
                 continue
-            vectors, values = basis_from_gram(mode_gram(x, m))
+            vectors, values = mode_basis(x, m, self.solver)
             factors.append(vectors[:, : energy_rank(values, self.energy)].to(x.dtype).contiguous())
         self._record(x.shape, factors)
         return factors
@@ -110,16 +115,19 @@ class ASILinear(_ASIMixin, LanceLinear):
     pass
 
 
-def hosvd_factory(energy: float = 0.8, compress_batch: bool = True):
-    """For ``lance.compress(..., factory=...)``: per-step HOSVD layers at ``energy``."""
+def hosvd_factory(energy: float = 0.8, compress_batch: bool = True, solver: str = "gram"):
+    """For ``lance.compress(..., factory=...)``: per-step HOSVD layers at ``energy``; ``solver``
+    (``"gram"`` or ``"svd"``) says how each mode's basis is computed (:func:`lance.hosvd.mode_basis`)."""
     energy = check_energy(energy)
+    if solver not in SOLVERS:
+        raise LanceError(f"unknown HOSVD solver {solver!r}; choose one of {SOLVERS}.")
 
     def make(module: nn.Module, lc: LayerCalibration) -> nn.Module:
         cls = HOSVDConv2d if isinstance(module, nn.Conv2d) else HOSVDLinear
         new = cls.from_conv(module, lc) if cls is HOSVDConv2d else cls.from_linear(module, lc)
         for m in range(new.n_modes):  # no fixed factors: they are computed at every step
             setattr(new, f"factor_{m}", None)
-        new.energy, new.compress_batch = energy, compress_batch
+        new.energy, new.compress_batch, new.solver = energy, compress_batch, solver
         new._reset_stats()
         return new
 

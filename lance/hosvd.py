@@ -34,6 +34,9 @@ __all__ = [
     "check_energy",
     "mode_gram",
     "basis_from_gram",
+    "basis_from_unfolding",
+    "mode_basis",
+    "SOLVERS",
     "hosvd",
     "HOSVD",
     "captured_by",
@@ -170,6 +173,34 @@ def basis_from_gram(gram: Tensor) -> tuple[Tensor, Tensor]:
     return vectors.flip(-1), values.flip(-1).clamp_min(0)
 
 
+def basis_from_unfolding(a: Tensor) -> tuple[Tensor, Tensor]:
+    """Left singular vectors of an unfolding ``X_(m)`` and the squared singular values (the
+    eigenvalues of ``X_(m) X_(m)^T``), largest first, from a thin SVD of the unfolding itself:
+    the decomposition as the paper writes it (Sec. 2.1), in the unfolding's precision."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as for eigh: LAPACK at these sizes, a shared machine
+    try:
+        u, s, _ = torch.linalg.svd(a.detach(), full_matrices=False)
+    finally:
+        torch.set_num_threads(threads)
+    return u, s.to(torch.float64).square()
+
+
+SOLVERS = ("gram", "svd")
+
+
+def mode_basis(x: Tensor, mode: int, solver: str = "gram") -> tuple[Tensor, Tensor]:
+    """The basis of mode ``mode`` of ``x`` (eigenvectors, eigenvalues; largest first) by
+    ``solver``: ``"gram"`` takes ``eigh`` of the ``n_m x n_m`` matrix ``X_(m) X_(m)^T``
+    (cheap when the other modes are long), ``"svd"`` a thin SVD of the unfolding ``X_(m)``.
+    Both give the same subspaces (up to the signs of the vectors and rounding)."""
+    if solver == "gram":
+        return basis_from_gram(mode_gram(x, mode))
+    if solver == "svd":
+        return basis_from_unfolding(unfold(x.detach(), mode))
+    raise LanceError(f"unknown HOSVD solver {solver!r}; choose one of {SOLVERS}.")
+
+
 @dataclass
 class HOSVD:
     """A truncated HOSVD: ``core`` and one factor per mode (``None`` = not compressed)."""
@@ -207,11 +238,13 @@ def hosvd(
     *,
     ranks: Optional[Sequence[Optional[int]]] = None,
     skip_modes: Sequence[int] = (),
+    solver: str = "gram",
 ) -> HOSVD:
     """Truncated HOSVD of one tensor: for each mode, the eigenvectors of ``X_(m) X_(m)^T``
     truncated to the smallest rank reaching ``energy`` (or to the given ``ranks``).
 
-    ``skip_modes`` lists modes left uncompressed. This is the per-iteration decomposition
+    ``skip_modes`` lists modes left uncompressed; ``solver="svd"`` takes each basis from a thin
+    SVD of the unfolding instead (:func:`mode_basis`). This is the per-iteration decomposition
     of the HOSVD baseline, and what Phase I does once on accumulated covariances.
     """
     energy = check_energy(energy)
@@ -224,7 +257,7 @@ def hosvd(
             factors.append(None)
             spectra.append(None)
             continue
-        vectors, values = basis_from_gram(mode_gram(x, m))
+        vectors, values = mode_basis(x, m, solver)
         k = energy_rank(values, energy) if ranks is None else int(ranks[m])
         if not 1 <= k <= x.shape[m]:
             raise LanceError(f"rank {k} for mode {m} is outside 1..{x.shape[m]}.")

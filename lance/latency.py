@@ -70,6 +70,7 @@ class LatencyConfig:
     trials: int = 5  # independent trials (fresh model copy each)
     energy: float = 0.7  # LANCE's threshold; also fixes ASI's ranks
     hosvd_energy: float = 0.8  # per-step HOSVD threshold (the HOSVD authors' scripts)
+    hosvd_solver: str = "gram"  # per-step bases: eigh of each mode's Gram matrix, or "svd" of the unfolding
     calibration_batches: int = 4  # Phase I batches (not timed; the paper's accuracy runs use 100)
     num_classes: int = 10  # the new head (CIFAR-10's ten classes in the paper)
     data: str = "auto"  # auto: CIFAR-100 (classes 0-9) if found, else the 20 sample photographs
@@ -109,6 +110,10 @@ class LatencyConfig:
             raise LanceError(f"methods has repeated entries: {self.methods}.")
         self.energy = check_energy(self.energy, "energy")
         self.hosvd_energy = check_energy(self.hosvd_energy, "hosvd_energy")
+        from .hosvd import SOLVERS
+
+        if self.hosvd_solver not in SOLVERS:
+            raise LanceError(f"hosvd_solver must be one of {SOLVERS}, got {self.hosvd_solver!r}.")
         if self.data not in DATA_SOURCES:
             raise LanceError(f"data must be one of {DATA_SOURCES}, got {self.data!r}.")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr >= 0):
@@ -182,7 +187,8 @@ def _prepare(base: nn.Module, method: str, calib, cfg: LatencyConfig) -> nn.Modu
     model = copy.deepcopy(base)
     if method == "bp":
         return model
-    factory = {"lance": None, "asi": asi_factory(), "hosvd": hosvd_factory(cfg.hosvd_energy)}[method]
+    factory = {"lance": None, "asi": asi_factory(),
+               "hosvd": hosvd_factory(cfg.hosvd_energy, solver=cfg.hosvd_solver)}[method]
     return compress(model, calib, factory=factory)
 
 
@@ -391,7 +397,8 @@ def format_latency(record: dict) -> str:
     lines = [
         f"Latency of a fine-tuning step: {cfg['model']} at {setup.get('resolution', cfg['resolution'])} px, "
         f"batch {cfg['batch_size']}, {setup.get('threads', '?')} threads, eps {cfg['energy']} "
-        f"(HOSVD {cfg['hosvd_energy']}), {cfg['calibration_batches']} calibration batches",
+        f"(HOSVD {cfg['hosvd_energy']}, bases by {cfg.get('hosvd_solver', 'gram')}), "
+        f"{cfg['calibration_batches']} calibration batches",
         f"inputs: {setup.get('data', '?')}",
         f"times in ms: median [25th-75th percentile] of {cfg['trials']} trials x {cfg['iterations']} steps "
         "(after one warm-up step per trial); the frozen prefix is cut off and its output reused",

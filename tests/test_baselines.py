@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -40,6 +41,30 @@ def test_hosvd_full_energy_is_exact():
     x = torch.randn(6, 4, 8, 8, dtype=torch.float64)
     up = torch.randn(6, 5, 8, 8, dtype=torch.float64)
     assert rel(grads_of(model, model[0], x, up)[2], grads_of(plain, plain[0], x, up)[2]) < 1e-8
+
+
+def test_hosvd_by_svd_of_the_unfolding_equals_hosvd_by_gram():
+    """The paper's route (an SVD of every unfolding) and ours (eigh of every Gram matrix) keep
+    the same subspaces, ranks and weight gradients."""
+    x = torch.randn(6, 4, 8, 8, dtype=torch.float64)
+    up = torch.randn(6, 5, 8, 8, dtype=torch.float64)
+    a, b = lance.hosvd(x, 0.6), lance.hosvd(x, 0.6, solver="svd")
+    assert a.ranks == b.ranks and rel(b.reconstruct(), a.reconstruct()) < 1e-10
+    for sa, sb in zip(a.spectra, b.spectra):
+        assert rel(sb, sa) < 1e-10
+    _, gram_model, _ = _setup(hosvd_factory(0.6))
+    _, svd_model, _ = _setup(hosvd_factory(0.6, solver="svd"))
+    assert svd_model[0].solver == "svd"
+    g_gram, g_svd = grads_of(gram_model, gram_model[0], x, up), grads_of(svd_model, svd_model[0], x, up)
+    assert svd_model[0].last_ranks == gram_model[0].last_ranks == a.ranks
+    assert all(rel(u, v) < 1e-9 for u, v in zip(g_svd[1:], g_gram[1:]))
+
+
+def test_unknown_hosvd_solver_is_refused():
+    with pytest.raises(lance.LanceError, match="unknown HOSVD solver 'qr'"):
+        hosvd_factory(0.8, solver="qr")
+    with pytest.raises(lance.LanceError, match="choose one of"):
+        lance.hosvd(torch.randn(3, 4, 5), 0.8, solver="qr")
 
 
 def test_asi_converges_to_the_dominant_subspace_at_fixed_ranks():

@@ -83,6 +83,9 @@ def test_baselines_time_and_record_their_ranks():
     assert hosvd["method"] == "hosvd" and len(hosvd["total_s"]) == 1 and hosvd["total_s"][0] > 0
     assert all(r is not None and r >= 1 for v in hosvd["ranks"].values() for r in v)  # ranks of the last step
     assert asi["ranks"] and asi["total_s"][0] > 0
+    rec = run_latency(LatencyConfig(**TINY, layer_counts=(1,), methods=("hosvd",), iterations=1, trials=1,
+                                    hosvd_solver="svd"), log=lambda *_: None)
+    assert rec["config"]["hosvd_solver"] == "svd" and rec["results"][0]["ranks"] == hosvd["ranks"]
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -99,6 +102,7 @@ def test_baselines_time_and_record_their_ranks():
     ("methods", (), "methods is empty"),
     ("energy", 0.0, "energy"),
     ("hosvd_energy", 1.5, "hosvd_energy"),
+    ("hosvd_solver", "qr", "hosvd_solver must be one of"),
     ("data", "imagenet", "data must be one of"),
     ("model", "vgg16", "unknown model"),
     ("lr", -0.1, "lr"),
