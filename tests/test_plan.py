@@ -38,6 +38,20 @@ def test_a_run_is_done_only_with_a_full_result_file_of_its_settings(tmp_path):
     assert (status[~status.done]["result files"] == "missing").all()
 
 
+def test_a_latency_file_from_before_the_solver_option_counts_as_the_gram_run(tmp_path):
+    cfg = {"model": "mcunet-in2", "batch_size": 128, "methods": ["bp", "hosvd", "asi", "lance"]}
+    write_result(tmp_path / "latency" / "old.json", {"config": cfg, "metrics": {}, "provenance": {}})
+    status = plan_status(tmp_path)
+    latency = status[status.group == "Figure 5: latency"].set_index("setting")["result files"]
+    assert latency[latency.index.str.contains("hosvd_solver=gram")].tolist() == ["old.json"]
+    assert latency[latency.index.str.contains("hosvd_solver=svd")].tolist() == ["missing"]
+    write_result(tmp_path / "latency" / "svd.json", {"config": {**cfg, "hosvd_solver": "svd"}, "metrics": {},
+                                                      "provenance": {}})
+    latency = plan_status(tmp_path).set_index("setting")["result files"]
+    assert latency[latency.index.str.contains("hosvd_solver=svd")].tolist() == ["svd.json"]
+    assert latency[latency.index.str.contains("hosvd_solver=gram")].tolist() == ["old.json"]
+
+
 @pytest.mark.parametrize("run", PLAN, ids=lambda r: r.setting())
 def test_every_planned_command_is_a_valid_command_line(run):
     args = build_parser().parse_args(shlex.split(run.command)[3:])  # after "python -m lance"
