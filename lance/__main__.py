@@ -121,20 +121,33 @@ def _cmd_latency(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from .pretrain import PretrainConfig, pretrain
+    from .pretrain import PretrainConfig, checkpoint_name, pretrain
 
     cfg = PretrainConfig(model=args.model, dataset=args.dataset, classes=tuple(args.classes),
                          resolution=args.resolution, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          seed=args.seed, train_limit=args.train_limit)
-    record = pretrain(cfg, data_dir=args.data_dir, out_dir=args.out)
+    name = checkpoint_name(cfg)
+    result, weights = Path(args.results) / f"{name}.json", Path(args.out) / f"{name}.pt"
+    if result.exists() and weights.exists() and not args.force:
+        print(f"done already: {result} (weights {weights}); pass --force to train again")
+        return 0
+    lock = _claim(Path(args.out) / f"{name}.lock")
+    if lock is None:  # e.g. `plan --run` in a second terminal: go on with other work
+        print(f"{name} is being pretrained by another process; not started here", flush=True)
+        return 0
+    try:
+        record = pretrain(cfg, data_dir=args.data_dir, out_dir=args.out, results_dir=args.results)
+    finally:
+        lock.unlink(missing_ok=True)
     print(f"{cfg.model} on {cfg.dataset} classes {cfg.classes}: {record['metrics']['accuracy']:.2f} %, "
           f"weights {record['metrics']['weights_file']}")
     return 0
 
 
 def _claim(lock: Path):
-    """Create ``lock`` holding this process id, so that two sweeps in parallel never run the same
-    configuration; a lock left by a process that no longer runs is taken over. None if taken."""
+    """Create ``lock`` holding this process id, so that two sweeps (or pretrainings) in parallel
+    never run the same configuration; a lock left by a process that no longer runs is taken
+    over. None if taken."""
     import os
 
     lock.parent.mkdir(parents=True, exist_ok=True)
@@ -366,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-limit", type=int, default=0)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default="_build/weights", help="where the state_dict goes (never committed)")
+    p.add_argument("--results", default="data/results/pretrain", help="where the result file goes")
+    p.add_argument("--force", action="store_true", help="train again although the result and weights exist")
     p.set_defaults(func=_cmd_pretrain)
 
     p = commands.add_parser("continual", help="continual learning: LANCE / GPM / fine-tuning / multitask on a "
@@ -404,8 +419,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    from .errors import LanceError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except LanceError as err:  # bad input: the message says what to do; no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -135,7 +135,9 @@ def _build_model(cfg: FinetuneConfig, num_classes: int, weights_dir) -> tuple[nn
     else:
         path = Path(cfg.pretrained)
         if not path.is_file():
-            raise LanceError(f"pretrained checkpoint {path} not found; pass 'imagenet' or a state_dict file.")
+            raise LanceError(f"pretrained checkpoint {path} not found; write it with `python -m lance "
+                             "pretrain` (`python -m lance plan` lists the command), or pass 'imagenet' or "
+                             "another state_dict file.")
         model = models.build(cfg.model, num_classes=num_classes, pretrained=False, weights_dir=weights_dir)
         state = torch.load(path, map_location="cpu", weights_only=True)
         head = head_name(model)

@@ -133,3 +133,12 @@ def test_trainable_layers_are_last_convs_in_registration_order():
     last4 = lance.trainable_layers(mbv2, 4)
     assert last4 == ["features.17.conv.0.0", "features.17.conv.1.0", "features.17.conv.2", "features.18.0"]
     assert mbv2.get_submodule("features.17.conv.1.0").groups == 960  # the depthwise one
+
+
+def test_command_line_reports_bad_input_without_a_traceback(tmp_path, capsys):
+    from lance.__main__ import main
+
+    assert main(["latency", "--batch-size", "0", "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: batch_size must be an integer >= 1") and "Traceback" not in err
+    assert not (tmp_path / "x.json").exists()

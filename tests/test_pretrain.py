@@ -45,3 +45,23 @@ def test_pretrain_then_finetune_on_the_other_classes(tmp_path):
 def test_bad_classes():
     with pytest.raises(lance.LanceError, match="classes"):
         PretrainConfig(classes=(5, 5))
+
+
+def test_cli_skips_a_pretraining_that_is_done_or_runs_elsewhere(tmp_path, capsys):
+    from lance.__main__ import main
+    from lance.pretrain import checkpoint_name
+
+    args = ["pretrain", "--classes", "0", "5", "--resolution", "32", "--epochs", "1", "--batch-size", "32",
+            "--train-limit", "64", "--data-dir", DATA, "--out", str(tmp_path / "w"), "--results", str(tmp_path / "r")]
+    name = checkpoint_name(PretrainConfig(classes=(0, 5), resolution=32, epochs=1, batch_size=32, train_limit=64))
+    lock = tmp_path / "w" / f"{name}.lock"
+    lock.parent.mkdir()
+    lock.write_text(str(os.getpid()))  # a live process holds the run
+    assert main(args) == 0
+    assert "another process" in capsys.readouterr().out and not (tmp_path / "r").exists()
+    lock.unlink()
+    assert main(args) == 0 and not lock.exists()
+    result = tmp_path / "r" / f"{name}.json"
+    before = result.read_text()
+    assert main(args) == 0 and "done already" in capsys.readouterr().out
+    assert result.read_text() == before  # not trained again, not overwritten
