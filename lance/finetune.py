@@ -172,6 +172,10 @@ def _decomposition_flops(method: str, shapes: dict, ranks: dict) -> float:
 # ---------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------
+def _cpu_total(before: Optional[float], start: float) -> Optional[float]:
+    return None if before is None else before + time.process_time() - start
+
+
 def _evaluate(model: nn.Module, cache: FeatureCache, feats, labels: torch.Tensor, batch_size: int) -> float:
     correct = 0
     with torch.no_grad():
@@ -266,6 +270,9 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
     start_epoch = 0
     # a run may take several processes: their wall times add up, and each one's commit is kept
     elapsed_before, commits = 0.0, [started["commit"]]
+    # CPU time of the processes (all threads): unlike the wall time, it leaves out spells in which a
+    # process was paused or waited for a shared core. None once an earlier process did not record it.
+    cpu_start, cpu_before = time.process_time(), 0.0
     ckpt_path = Path(checkpoint_dir) / (result_name(cfg)[:-5] + ".pt") if checkpoint_dir else None
     if ckpt_path is not None and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -279,6 +286,7 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
         # checkpoints written before these were recorded: the epochs' own times, commit unknown
         elapsed_before = state.get("elapsed", sum(h["seconds"] for h in history))
         commits = state.get("commits", ["unrecorded"]) + commits
+        cpu_before = state.get("cpu_elapsed")
         log(f"resumed {ckpt_path.name} after epoch {start_epoch}")
 
     measured = None
@@ -289,7 +297,7 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
         bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
                    desc=f"{cfg.method} L{cfg.layers}", leave=False)
     for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         losses, correct, seen, angles = [], 0, 0, {}
         for step, (idx, fl) in enumerate(_epoch_plan(len(tlabels), cfg.batch_size, cfg.seed, epoch)):
             x, y = tc.batch(tfeats, idx, fl), tlabels[idx]
@@ -318,14 +326,16 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
                 bar.update(1)
         test_acc = _evaluate(suffix, vc, vfeats, vlabels, 256)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "train_acc": 100.0 * correct / seen,
-                        "test_acc": test_acc, "angle_deg": angles, "seconds": time.perf_counter() - t0})
+                        "test_acc": test_acc, "angle_deg": angles, "seconds": time.perf_counter() - t0,
+                        "cpu_seconds": time.process_time() - c0})
         if ckpt_path is not None:
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = ckpt_path.with_suffix(".tmp")
             torch.save({"model": suffix.state_dict(), "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict() if sched else None, "history": history, "epoch": epoch + 1,
                         "asi_bases": {n: m._bases for n, m in lance_layers.items() if hasattr(m, "_bases")},
-                        "elapsed": elapsed_before + time.perf_counter() - start_time, "commits": commits}, tmp)
+                        "elapsed": elapsed_before + time.perf_counter() - start_time, "commits": commits,
+                        "cpu_elapsed": _cpu_total(cpu_before, cpu_start)}, tmp)
             os.replace(tmp, ckpt_path)
     if bar:
         bar.close()
@@ -369,7 +379,7 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
             "cut": split.cut,
         },
         "provenance": {**started, "wall_time_s": elapsed_before + wall, "wall_time_this_process_s": wall,
-                       "commits": commits, "finished_utc": provenance()["timestamp_utc"]},
+                       "cpu_time_s": _cpu_total(cpu_before, cpu_start), "commits": commits, "finished_utc": provenance()["timestamp_utc"]},
     }
     if len(set(commits)) > 1:
         record["provenance"]["commit"] = record["provenance"]["git_commit"] = "+".join(dict.fromkeys(commits))

@@ -81,6 +81,9 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, cache_dir, monkeyp
     prov = resumed["provenance"]
     assert prov["wall_time_s"] > prov["wall_time_this_process_s"] + resumed["metrics"]["history"][0]["seconds"] * 0.99
     assert len(prov["commits"]) == 2
+    # so does the CPU time, epoch by epoch
+    assert prov["cpu_time_s"] >= sum(h["cpu_seconds"] for h in resumed["metrics"]["history"]) * 0.99
+    assert all(h["cpu_seconds"] > 0 for h in resumed["metrics"]["history"])
     for a, b in zip(whole["metrics"]["history"], resumed["metrics"]["history"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
         assert a["test_acc"] == b["test_acc"]
