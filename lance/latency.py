@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from .errors import LanceError
 
 __all__ = ["LatencyConfig", "METHODS", "PHASES", "METHOD_LABELS", "run_latency", "format_latency", "summary", "ratios",
-           "ratio_ranges", "plot_latency", "result_record", "read_latency", "load_latency"]
+           "ratio_ranges", "goal_lines", "plot_latency", "result_record", "read_latency", "load_latency"]
 
 METHODS = ("bp", "hosvd", "asi", "lance")
 PHASES = ("forward", "backward", "total")
@@ -418,7 +418,23 @@ def format_latency(record: dict) -> str:
             rr = ratio_ranges(record, phase)
             lines.append(f"{phase:>8}, relative to LANCE over {len(cfg['layer_counts'])} layer counts: " + ", ".join(
                 f"{METHOD_LABELS[m]} {rr.loc[m, 'min']:.2f}-{rr.loc[m, 'max']:.2f}x" for m in rr.index))
+        lines += [""] + goal_lines(record)
     return "\n".join(lines)
+
+
+def goal_lines(record: dict) -> list[str]:
+    """The project's speed goals checked on a record (median total times, per layer count):
+    LANCE's step at most as slow as BP's, per-step HOSVD at least 10x slower than LANCE."""
+    total = ratios(record)
+    n, out = len(total), []
+    if "bp" in total:
+        out.append(f"goal, LANCE's step at most as slow as BP's: met at {int((total.bp >= 1).sum())} of {n} "
+                   "layer counts")
+    if "hosvd" in total:
+        solver = record["config"].get("hosvd_solver", "gram")
+        out.append(f"goal, per-step HOSVD (bases by {solver}) at least 10x slower than LANCE: met at "
+                   f"{int((total.hosvd >= 10).sum())} of {n} layer counts")
+    return out
 
 
 def plot_latency(record: dict, log_scale: bool = True):

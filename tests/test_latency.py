@@ -11,8 +11,8 @@ import pytest
 
 import lance
 import lance.models
-from lance.latency import (LatencyConfig, format_latency, ratio_ranges, ratios, read_latency, result_record,
-                           run_latency, summary)
+from lance.latency import (LatencyConfig, format_latency, goal_lines, ratio_ranges, ratios, read_latency,
+                           result_record, run_latency, summary)
 from lance.results import write_result
 
 TINY = dict(model="mobilenet_v2", pretrained=False, resolution=64, batch_size=8, calibration_batches=2,
@@ -64,6 +64,9 @@ def test_statistics_are_those_of_the_measurements(record):
     assert rr.loc["bp", "min"] == rel.bp.min() and rr.loc["bp", "max"] == rel.bp.max()
     text = format_latency(record)
     assert "relative to LANCE" in text and "BP " in text and len(text.splitlines()) >= 4 + 4
+    met = int((rel.bp >= 1).sum())
+    assert f"goal, LANCE's step at most as slow as BP's: met at {met} of 2 layer counts" in text
+    assert "HOSVD" not in text.split("goal")[-1]  # no HOSVD in this record, no HOSVD goal line
 
 
 def test_result_file_round_trip(record, tmp_path):
@@ -86,6 +89,11 @@ def test_baselines_time_and_record_their_ranks():
     rec = run_latency(LatencyConfig(**TINY, layer_counts=(1,), methods=("hosvd",), iterations=1, trials=1,
                                     hosvd_solver="svd"), log=lambda *_: None)
     assert rec["config"]["hosvd_solver"] == "svd" and rec["results"][0]["ranks"] == hosvd["ranks"]
+    rec = {**rec, "results": rec["results"] + [{**rec["results"][0], "method": "lance",
+                                                "total_s": [t / 20 for t in rec["results"][0]["total_s"]]}]}
+    rec["config"] = {**rec["config"], "methods": ["hosvd", "lance"]}
+    assert goal_lines(rec) == ["goal, per-step HOSVD (bases by svd) at least 10x slower than LANCE: met at 1 of 1 "
+                               "layer counts"]
 
 
 @pytest.mark.parametrize("field, value, message", [
