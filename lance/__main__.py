@@ -221,7 +221,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     import subprocess
     import sys
 
-    from .plan import plan_status
+    from .plan import group_summary, plan_status
 
     status = plan_status()
     if args.group:
@@ -229,8 +229,13 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if len(status) == 0:
         print(f"no planned run's group contains {args.group!r}")
         return 1
+    summary = group_summary(status).set_index("group")
     for group, rows in status.groupby("group", sort=False):
-        print(f"{group}: {int(rows.done.sum())} of {len(rows)} with a result file")
+        g = summary.loc[group]
+        left = g["hours left (estimate)"]
+        pace = ("" if g["done"] == g["planned"] or left is None or left != left
+                else f", about {left:.1f} h more at that pace")
+        print(f"{group}: {int(rows.done.sum())} of {len(rows)} with a result file ({g['hours spent']:.1f} h{pace})")
         for row in rows.itertuples():
             print(f"  {'done   ' if row.done else 'missing'} {row.setting}")
     commands = list(dict.fromkeys(status[~status.done].command))

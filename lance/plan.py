@@ -17,7 +17,7 @@ from typing import Optional
 
 from .results import RESULTS_DIR
 
-__all__ = ["PlannedRun", "PLAN", "plan_status"]
+__all__ = ["group_summary", "PlannedRun", "PLAN", "plan_status"]
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,24 @@ def plan_status(results_dir: Optional[str | Path] = None):
         found = [(p, r) for p, r in records[run.kind] if _matches(r, run.kind, run.match)]
         files = ", ".join(p.name + (f" ({r['config']['epochs']} epochs)" if "epochs" in r.get("config", {}) else "")
                           for p, r in found)
+        hours = sum(float(r.get("provenance", {}).get("wall_time_s") or 0.0) for _, r in found) / 3600
         rows.append({"group": run.group, "setting": run.setting(), "done": bool(found),
-                     "result files": files or "missing", "command": run.command})
+                     "result files": files or "missing", "command": run.command, "hours": hours})
+    return pd.DataFrame(rows)
+
+
+def group_summary(status=None):
+    """Per group of the plan: runs done and planned, the wall-clock hours the done ones took
+    (from their result files), and a rough estimate of the hours the missing ones need at the
+    done ones' mean pace (None while none is done). Runs of one group can differ in size, and
+    the hours are those of the machine that ran them."""
+    import pandas as pd
+
+    status = plan_status() if status is None else status
+    rows = []
+    for group, g in status.groupby("group", sort=False):
+        done, planned = int(g.done.sum()), len(g)
+        spent = float(g.hours.sum())
+        rows.append({"group": group, "done": done, "planned": planned, "hours spent": spent,
+                     "hours left (estimate)": spent / done * (planned - done) if done else None})
     return pd.DataFrame(rows)

@@ -182,23 +182,34 @@ def _notebook_status(path: Path) -> dict[str, Any]:
 def _plan_section() -> list[str]:
     """The paper-scale runs (``lance.plan``): per group how many have a result file, then
     every missing one with the command that writes it."""
-    from .plan import plan_status
+    from .plan import group_summary, plan_status
 
     plan = plan_status()
-    groups = plan.groupby("group", sort=False).done.agg(["sum", "count"]).reset_index()
+    groups = group_summary(plan)
     missing = plan[~plan.done]
     return [
         "## Paper-scale runs",
         "",
         "The result files under `data/results/` that the chapters render, against the runs the book "
-        "plans (`lance.plan`); the tables say how many epochs and seeds each file has.",
+        "plans (`lance.plan`); the tables say how many epochs and seeds each file has. Hours are the "
+        "wall-clock time the runs took on the machines that ran them (from their result files); the estimate "
+        "for the missing runs assumes the pace of the done ones of the same group.",
         "",
-        _table(["Group", "With a result file", "Planned"], [[g, int(d), int(c)] for g, d, c in groups.values]),
+        _table(["Group", "With a result file", "Planned", "Hours spent", "Hours left (estimate)"],
+               [[r["group"], r["done"], r["planned"], f"{r['hours spent']:.1f}", _hours_left(r)]
+                for r in groups.to_dict("records")]),
         "",
         *(["Not run yet, with the command that runs each:", "",
            _table(["Group", "Setting", "Command"], [[r.group, r.setting, f"`{r.command}`"]
                                                     for r in missing.itertuples()]), ""] if len(missing) else []),
     ]
+
+
+def _hours_left(row: dict) -> str:
+    left = row["hours left (estimate)"]
+    if row["done"] == row["planned"] or left is None or left != left:  # all done, or no pace yet (None/NaN)
+        return "—"
+    return f"{left:.1f}"
 
 
 def status_page(executed_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:

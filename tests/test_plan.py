@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import shlex
 
+import pandas as pd
 import pytest
 
 from lance.__main__ import build_parser
-from lance.plan import PLAN, plan_status
+from lance.plan import PLAN, group_summary, plan_status
 from lance.results import write_result
 
 
@@ -52,6 +53,20 @@ def test_a_latency_file_from_before_the_solver_option_counts_as_the_gram_run(tmp
     assert latency[latency.index.str.contains("hosvd_solver=gram")].tolist() == ["old.json"]
 
 
+def test_hours_spent_and_the_estimate_for_the_missing_runs(tmp_path):
+    for i, (method, hours) in enumerate((("bp", 1.0), ("lance", 3.0))):
+        rec = _finetune(method=method)
+        rec["provenance"]["wall_time_s"] = hours * 3600
+        write_result(tmp_path / "finetune" / f"{i}.json", rec)
+    summary = group_summary(plan_status(tmp_path)).set_index("group")
+    table2 = summary.loc["Table 2: CIFAR-100, ImageNet weights"]
+    assert (table2["done"], table2["planned"]) == (2, 16)
+    assert table2["hours spent"] == pytest.approx(4.0)
+    assert table2["hours left (estimate)"] == pytest.approx(2.0 * 14)  # the done runs' mean pace
+    small = summary.loc["Tables 8-9: small batches"]
+    assert small["hours spent"] == 0 and pd.isna(small["hours left (estimate)"])  # no pace to go by
+
+
 @pytest.mark.parametrize("run", PLAN, ids=lambda r: r.setting())
 def test_every_planned_command_is_a_valid_command_line(run):
     args = build_parser().parse_args(shlex.split(run.command)[3:])  # after "python -m lance"
@@ -63,7 +78,7 @@ def test_status_page_lists_the_missing_runs_with_their_commands(tmp_path):
 
     out = provenance.status_page(tmp_path, tmp_path / "status.md")
     text = out.read_text()
-    assert "## Paper-scale runs" in text
+    assert "## Paper-scale runs" in text and "| Hours spent | Hours left (estimate) |" in text
     missing = plan_status()
     for row in missing[~missing.done].itertuples():
         assert f"`{row.command}`" in text
