@@ -379,7 +379,8 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
             "cut": split.cut,
         },
         "provenance": {**started, "wall_time_s": elapsed_before + wall, "wall_time_this_process_s": wall,
-                       "cpu_time_s": _cpu_total(cpu_before, cpu_start), "commits": commits, "finished_utc": provenance()["timestamp_utc"]},
+                       "cpu_time_s": _cpu_total(cpu_before, cpu_start), "commits": commits,
+                       "finished_utc": provenance()["timestamp_utc"]},
     }
     if len(set(commits)) > 1:
         record["provenance"]["commit"] = record["provenance"]["git_commit"] = "+".join(dict.fromkeys(commits))
