@@ -8,7 +8,8 @@ from typing import Iterable, Union
 import torch
 from torch import Tensor
 
-__all__ = ["gradient_angle", "relative_error", "weight_gradients", "compare_gradients", "angle_sweep"]
+__all__ = ["gradient_angle", "relative_error", "weight_gradients", "compare_gradients", "angle_sweep",
+           "position_energy", "gradient_share"]
 
 TensorOrTensors = Union[Tensor, Iterable[Tensor]]
 
@@ -91,3 +92,43 @@ def angle_sweep(model, layers, batches, calibration, energies, loss_fn=None):
                              "angle_deg": gradient_angle(approx[name], ref[name]),
                              "memory_ratio": float(memory.loc[name, "memory_ratio"])})
     return pd.DataFrame(rows)
+
+
+def position_energy(x: Tensor) -> Tensor:
+    """Share of a conv input's energy (its sum of squares over batch and channels) that sits at
+    each spatial position: an ``(H, W)`` float64 tensor that sums to 1.
+
+    The energy threshold of Phase I counts uncentred energy, so a few positions that carry most
+    of it (a border artefact of a pretrained network, say) decide the spatial ranks."""
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        raise ValueError(f"expected a conv input of shape (B, C, H, W), got {getattr(x, 'shape', type(x))}.")
+    e = x.detach().to(torch.float64).pow(2).sum((0, 1))
+    total = e.sum()
+    if total == 0:
+        raise ValueError("the input is all zeros: its energy has no distribution.")
+    return e / total
+
+
+def gradient_share(grad: Tensor, basis: Tensor, ks: Iterable[int]) -> list[float]:
+    """Share of a weight gradient's squared norm that lies in the span of the first ``k``
+    columns of ``basis`` (orthonormal input-channel directions, e.g. a calibration's channel
+    basis), for each ``k`` in ``ks``.
+
+    ``grad`` has the input channels in its second dimension (``(out, in, kh, kw)`` for a conv,
+    ``(out, in)`` for a linear layer). Set beside the energy share the same ``k`` keeps of the
+    activation, it says whether the directions that carry the energy also carry the gradient."""
+    g = grad.detach().to(torch.float64)
+    if g.dim() < 2 or basis.dim() != 2 or g.shape[1] != basis.shape[0]:
+        raise ValueError(f"the gradient's input dimension ({tuple(g.shape)}[1]) must match the basis' rows "
+                         f"({tuple(basis.shape)}[0]); a depthwise conv has no input-channel directions to share.")
+    unfolded = g.transpose(0, 1).reshape(g.shape[1], -1)  # (in, out * kh * kw)
+    total = unfolded.pow(2).sum()
+    if total == 0:
+        raise ValueError("the gradient is zero: its share in any subspace is undefined.")
+    u = basis.to(torch.float64)
+    out = []
+    for k in ks:
+        if not 0 <= int(k) <= u.shape[1]:
+            raise ValueError(f"k={k} is outside 0..{u.shape[1]} (the basis has {u.shape[1]} columns).")
+        out.append(float((u[:, : int(k)].T @ unfolded).pow(2).sum() / total))
+    return out

@@ -32,7 +32,7 @@ from .fidelity import gradient_angle
 from .layers import compress, compressed_layers, exact_backward
 from .selection import head_name, set_trainable, trainable_layers
 
-__all__ = ["FinetuneConfig", "PROFILES", "finetune", "result_name", "METHODS"]
+__all__ = ["FinetuneConfig", "PROFILES", "finetune", "result_name", "METHODS", "image_fn"]
 
 METHODS = ("bp", "hosvd", "asi", "lance")
 
@@ -107,8 +107,9 @@ def _subset(imageset, limit: int, seed: int):
     return imageset.subset(order.sort().values)
 
 
-def _image_fn(imageset, resolution: int):
-    """``f(indices) -> normalised float batch`` at ``resolution`` (no augmentation)."""
+def image_fn(imageset, resolution: int):
+    """``f(indices) -> normalised float batch`` of ``imageset`` at ``resolution``, as the fine-tuning
+    runs see it before their frozen part (no augmentation; flips are the cache's)."""
     from . import data
 
     if isinstance(imageset.images, torch.Tensor):
@@ -237,7 +238,7 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
                "limit": cfg.train_limit if name == "train" else cfg.test_limit, "cut": split.cut,
                "seed_subset": cfg.seed}
         cache = FeatureCache(cache_root, key, len(subset.labels), flips)
-        cache.build(_image_fn(subset, resolution), split.prefix, progress=progress)
+        cache.build(image_fn(subset, resolution), split.prefix, progress=progress)
         caches[name] = (cache, cache.load(), subset.labels)
     (tc, tfeats, tlabels), (vc, vfeats, vlabels) = caches["train"], caches["test"]
     if len(tlabels) < cfg.batch_size:

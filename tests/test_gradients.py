@@ -182,6 +182,40 @@ def test_angle_sweep_matches_direct_angles_and_is_zero_at_full_energy():
     assert row.memory_ratio > 0
 
 
+def test_position_energy_locates_the_energy_and_sums_to_one():
+    x = torch.zeros(2, 3, 4, 5)
+    x[:, :, 0, 0] = 3.0
+    x[1, 2, 3, 4] = 4.0  # 16 of 18 * 9 + 16
+    e = lance.fidelity.position_energy(x)
+    assert e.shape == (4, 5) and float(e.sum()) == pytest.approx(1.0)
+    assert float(e[0, 0]) == pytest.approx(54 / 70) and float(e[3, 4]) == pytest.approx(16 / 70)
+    y = torch.randn(3, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(lance.fidelity.position_energy(y), (y.double() ** 2).sum((0, 1)) / (y.double() ** 2).sum())
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        lance.fidelity.position_energy(torch.ones(3, 4, 5))
+
+
+def test_gradient_share_is_one_when_the_inputs_live_in_the_kept_directions():
+    g = torch.Generator().manual_seed(1)
+    basis, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    conv = nn.Conv2d(6, 4, 1)
+    # every input position is a combination of the first two basis directions
+    coeffs = torch.randn(5, 2, 3, 3, generator=g, dtype=torch.float64)
+    x = torch.einsum("ck,bkhw->bchw", basis[:, :2], coeffs).float()
+    loss = conv(x).pow(2).sum()
+    (grad,) = torch.autograd.grad(loss, [conv.weight])
+    shares = lance.fidelity.gradient_share(grad, basis, [0, 1, 2, 6])
+    assert shares[0] == 0.0 and shares[2] == pytest.approx(1.0, abs=1e-6) and shares[3] == pytest.approx(1.0)
+    assert 0 < shares[1] < 1
+    # the share by definition: the projection of the gradient's input-channel rows
+    proj = basis[:, :1] @ basis[:, :1].T @ grad.double().reshape(4, 6).T
+    assert shares[1] == pytest.approx(float(proj.pow(2).sum() / grad.double().pow(2).sum()))
+    with pytest.raises(ValueError, match="depthwise"):
+        lance.fidelity.gradient_share(torch.ones(6, 1, 3, 3), basis, [1])
+    with pytest.raises(ValueError, match="outside"):
+        lance.fidelity.gradient_share(grad, basis, [7])
+
+
 @pytest.mark.parametrize("case", ["plain3x3", "depthwise-stride2", "pointwise", "reflect"])
 def test_channels_last_input_gives_the_same_gradients_in_its_own_layout(case):
     """oneDNN leaves feature maps channels-last; LANCE's input gradient must then come back
