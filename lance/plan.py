@@ -65,6 +65,11 @@ PLAN: list[PlannedRun] = [
                  f" --calibration-batches {n}")
       for method, e, n in [("bp", 0.7, 100), ("lance", 0.7, 100), *[("lance", e, 100) for e in (0.5, 0.6, 0.8, 0.9)],
                            *[("lance", 0.7, n) for n in (1, 10, 50)]]],
+    # chapter 4's diagnosis: does a higher threshold rescue MobileNetV2's 4-layer run?
+    PlannedRun("Chapter 4: MobileNetV2, 4 layers at eps 0.9", "finetune",
+               {"model": "mobilenet_v2", "method": "lance", "layers": 4, "energy": 0.9, "calibration_batches": 100,
+                "dataset": "cifar100", "batch_size": 128, "classes": None, "epochs": 10},
+               f"{_SWEEP} --models mobilenet_v2 --methods lance --layers 4 --epochs 10 --energies 0.9"),
     PlannedRun("Figure 5: latency", "latency", {"model": "mcunet-in2", "batch_size": 128, "hosvd_solver": "gram"},
                "python -m lance latency --out data/results/latency/mcunet-in2_bs128.json"),
     PlannedRun("Figure 5: latency", "latency", {"model": "mcunet-in2", "batch_size": 128, "hosvd_solver": "svd"},
