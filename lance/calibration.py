@@ -109,6 +109,19 @@ class LayerCalibration:
                            m.basis, m.eigenvalues, m.limit) for m in self.modes]
         return LayerCalibration(self.name, dict(self.spec), self.input_shape, modes)
 
+    def only_modes(self, keep: Iterable[str]) -> "LayerCalibration":
+        """The same calibration with only the modes named in ``keep`` (e.g. ``["channel"]``)
+        projected; the others are left whole (rank ``None``), as if never compressed. It shows
+        which mode's projection costs a gradient its direction."""
+        keep = [keep] if isinstance(keep, str) else list(keep)
+        names = [m.name for m in self.modes]
+        unknown = [k for k in keep if k not in names]
+        if unknown:
+            raise LanceError(f"layer {self.name!r} has no mode {unknown[0]!r}; its modes are {names}.")
+        modes = [m if m.name in keep else ModeBasis(m.name, m.size, None, m.basis, m.eigenvalues, m.limit)
+                 for m in self.modes]
+        return LayerCalibration(self.name, dict(self.spec), self.input_shape, modes)
+
 
 class Calibration:
     """The result of Phase I for a set of layers. Index it by layer name.
@@ -145,6 +158,12 @@ class Calibration:
         """The same calibration with every rank re-chosen for another energy threshold."""
         energy = check_energy(energy)
         return Calibration({k: v.truncate(energy) for k, v in self.layers.items()}, energy,
+                           self.num_batches, self.compress_batch)
+
+    def only_modes(self, keep: Iterable[str]) -> "Calibration":
+        """The same calibration with only the named modes projected in every layer
+        (:meth:`LayerCalibration.only_modes`)."""
+        return Calibration({k: v.only_modes(keep) for k, v in self.layers.items()}, self.energy,
                            self.num_batches, self.compress_batch)
 
     # -- display --------------------------------------------------------------------------

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 import lance
+from lance.errors import LanceError
 from lance.hosvd import energy_rank, fold, mode_product, unfold
 
-from helpers import random_batches, single_layer_model
+from helpers import grads_of, random_batches, rel, single_layer_model
 
 
 def test_unfold_fold_and_mode_product_agree_with_definitions():
@@ -117,3 +120,31 @@ def test_linear_3d_modes_named():
     model = single_layer_model(nn.Linear(6, 3))
     cal = lance.calibrate(model, random_batches((4, 5, 6)), ["0"])
     assert [m.name for m in cal["0"].modes] == ["batch", "token", "feature"]
+
+
+def test_only_modes_keeps_the_named_projections_and_refuses_unknown_modes():
+    model = single_layer_model(nn.Conv2d(5, 4, 3, padding=1))
+    cal = lance.calibrate(model, random_batches((6, 5, 7, 7), seed=3), ["0"], energy=0.6)
+    only = cal.only_modes(["channel"])
+    assert only["0"].ranks[1] == cal["0"].ranks[1] and only["0"].ranks[0] is None
+    assert only["0"].ranks[2:] == [None, None] and cal["0"].ranks[2] is not None  # the original is untouched
+    with pytest.raises(LanceError, match="no mode 'colour'"):
+        cal.only_modes(["colour"])
+
+
+def test_channel_only_projection_gives_the_exact_gradient_times_a_projection():
+    # With only the channel mode projected, LANCE's weight gradient is the exact one with its
+    # input-channel rows projected: so it can never point more than 90 degrees away.
+    conv = nn.Conv2d(5, 4, 3, padding=1)
+    model = single_layer_model(conv)
+    data = random_batches((6, 5, 7, 7), seed=4)
+    cal = lance.calibrate(model, data, ["0"], energy=0.6).only_modes(["channel"])
+    compressed = lance.compress(copy.deepcopy(model), cal)
+    x = data[0]
+    upstream = torch.randn(6, 4, 7, 7, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    _, _, g_exact, _ = grads_of(model, conv, x, upstream)
+    _, _, g_lance, _ = grads_of(compressed, compressed[0], x, upstream)
+    u = cal["0"].modes[1].factor
+    projected = torch.einsum("ck,dk,odij->ocij", u, u, g_exact)
+    assert rel(g_lance, projected) < 1e-10
+    assert lance.gradient_angle(g_lance, g_exact) <= 90.0
