@@ -85,6 +85,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             values["pretrained"] = args.pretrained
         if args.resolution:
             values["resolution"] = args.resolution
+        if not args.compress_batch:
+            values["compress_batch"] = False
         cfg = FinetuneConfig(**values)
         if (args.out / result_name(cfg)).exists():
             print(f"done already: {result_name(cfg)}", flush=True)
@@ -310,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--optimizer", choices=["script", "table4"])
     p.add_argument("--calibration-batches", dest="calibration_batches", type=int)
+    p.add_argument("--no-compress-batch", dest="compress_batch", action="store_const", const=False,
+                   help="leave the batch mode uncompressed (the paper projects it too)")
     p.add_argument("--seed", type=int)
     p.add_argument("--resolution", type=int)
     p.add_argument("--classes", type=int, nargs=2, metavar=("FIRST", "END"), help="fine-tune on classes [FIRST, END)")
@@ -332,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-batches", dest="calibration_batches", type=int, nargs="+", default=[0],
                    help="numbers of calibration batches (0: the profile's)")
     p.add_argument("--epochs", type=int, default=0, help="override the profile's epochs")
+    p.add_argument("--no-compress-batch", dest="compress_batch", action="store_false",
+                   help="leave the batch mode uncompressed (the paper projects it too)")
     p.add_argument("--seeds", type=int, nargs="+", default=[42])
     p.add_argument("--classes", type=int, nargs=2, metavar=("FIRST", "END"), default=None,
                    help="fine-tune on classes [FIRST, END) (the split protocol)")

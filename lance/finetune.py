@@ -11,6 +11,7 @@ checkpoint written after every epoch.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import time
@@ -92,6 +93,8 @@ def result_name(cfg: FinetuneConfig) -> str:
         parts.append(cfg.optimizer)
     if cfg.calibration_batches != 100 and cfg.method in ("lance", "asi"):
         parts.append(f"cal{cfg.calibration_batches}")
+    if not cfg.compress_batch and cfg.method in ("lance", "asi", "hosvd"):
+        parts.append("nobatch")
     return "_".join(parts) + ".json"
 
 
@@ -146,7 +149,9 @@ def _build_model(cfg: FinetuneConfig, num_classes: int, weights_dir) -> tuple[nn
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith(head + ".") for k in missing):
             raise LanceError(f"checkpoint {path} does not fit {cfg.model}: missing {missing[:3]}, unexpected {unexpected[:3]}.")
-        source = f"{path} ({path.stat().st_size} bytes)"
+        # the digest ties the run to its pretraining record (data/results/pretrain, metrics.weights_sha256)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        source = f"{path} ({path.stat().st_size} bytes, sha256 {digest})"
     return model, source
 
 

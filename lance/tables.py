@@ -28,6 +28,14 @@ def finetune_results(directory=None):
     return table
 
 
+def _batch_compressed(results):
+    """Runs that project the batch mode too (the paper's setting; files written before the
+    option existed have no ``config.compress_batch`` column and did)."""
+    if "config.compress_batch" not in results:
+        return results["config.method"].notna()
+    return results["config.compress_batch"].fillna(True).astype(bool)
+
+
 def finetune_table(results, dataset: str = "cifar100", batch_size: int = 128, paper_table: str = "2",
                    paper_dataset: Optional[str] = None, classes: Optional[tuple[int, int]] = None,
                    energy: float = 0.7, calibration_batches: int = 100):
@@ -50,7 +58,8 @@ def finetune_table(results, dataset: str = "cifar100", batch_size: int = 128, pa
         sel = results[(results["config.dataset"] == dataset) & (results["config.batch_size"] == batch_size)
                       & (results["config.train_limit"] == 0) & same_classes
                       & ((results["config.energy"] - energy).abs() < 1e-9)
-                      & (results["config.calibration_batches"] == calibration_batches)]
+                      & (results["config.calibration_batches"] == calibration_batches)
+                      & _batch_compressed(results)]
         keys = ["config.model", "config.method", "config.layers", "config.epochs"]
         for (model, method, layers, epochs), grp in sel.groupby(keys):
             p = paper[(paper.model == PAPER_MODEL_NAMES.get(model, model)) & (paper.method == method)
@@ -83,7 +92,7 @@ def ablation_table(results, model: str = "mcunet-in2", dataset: str = "cifar100"
     plain = results["config.classes"].map(lambda c: c is None)
     sel = results[(results["config.model"] == model) & (results["config.dataset"] == dataset)
                   & (results["config.layers"] == layers) & (results["config.batch_size"] == batch_size)
-                  & (results["config.train_limit"] == 0) & plain]
+                  & (results["config.train_limit"] == 0) & plain & _batch_compressed(results)]
     bp = sel[sel["config.method"] == "bp"].groupby("config.epochs")
     rows = []
     keys = ["config.energy", "config.calibration_batches", "config.epochs"]

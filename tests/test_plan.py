@@ -23,6 +23,8 @@ def test_a_run_is_done_only_with_a_full_result_file_of_its_settings(tmp_path):
     write_result(tmp_path / "finetune" / "a.json", _finetune())
     write_result(tmp_path / "finetune" / "b.json", _finetune(method="bp", train_limit=512))  # a demonstration
     write_result(tmp_path / "finetune" / "c.json", _finetune(method="lance", layers=4, energy=0.5, epochs=10))
+    # the batch mode left uncompressed: counts only for the plan's run of that setting, not for the paper's
+    write_result(tmp_path / "finetune" / "e.json", _finetune(layers=4, batch_size=4, epochs=10, compress_batch=False))
     write_result(tmp_path / "continual" / "d.json", {"config": {"benchmark": "split_cifar100", "method": "gpm",
                                                                  "tasks": 3, "epochs": 10},
                                                       "metrics": {}, "provenance": {}})  # the first 3 tasks only
@@ -34,6 +36,8 @@ def test_a_run_is_done_only_with_a_full_result_file_of_its_settings(tmp_path):
         "batch_size=128, classes=None",
         "model=mcunet-in2, method=lance, layers=4, energy=0.5, calibration_batches=100, batch_size=128, classes=None, "
         "epochs=10",
+        "model=mcunet-in2, method=lance, layers=4, energy=0.7, calibration_batches=100, dataset=cifar100, "
+        "batch_size=4, classes=None, epochs=10, compress_batch=False",
     ])
     assert "c.json (10 epochs)" in done["result files"].tolist()
     assert (status[~status.done]["result files"] == "missing").all()

@@ -37,6 +37,7 @@ def test_pretrain_then_finetune_on_the_other_classes(tmp_path):
                         calibration_batches=2)
     out = finetune(ft, data_dir=DATA, cache_dir=tmp_path / "cache", progress=False, log=lambda *_: None)
     assert out["metrics"]["num_classes"] == 5 and str(weights) in out["metrics"]["weights"]
+    assert rec["metrics"]["weights_sha256"] in out["metrics"]["weights"]  # ties the run to its pretraining
     state = torch.load(weights, weights_only=True)
     model = lance.models.build("resnet18", num_classes=5, pretrained=False)
     model.load_state_dict(state)

@@ -70,6 +70,9 @@ def test_finetune_table_separates_settings_and_puts_the_papers_numbers_beside(tm
     write_result(tmp_path / "g.json", record("bp", 4, 55.0, batch_size=4))
     write_result(tmp_path / "h.json", record("lance", 2, 20.0, energy=0.5))  # ablations: not in the table
     write_result(tmp_path / "i.json", record("lance", 2, 21.0, n_cal=10))
+    nobatch = record("lance", 4, 22.0, batch_size=4)
+    nobatch["config"]["compress_batch"] = False  # the batch mode left uncompressed: not the paper's setting
+    write_result(tmp_path / "j.json", nobatch)
     results = tables.finetune_results(tmp_path)
     table = tables.finetune_table(results)
     assert list(zip(table.method, table.epochs)) == [("bp", 50), ("lance", 10), ("lance", 50)]
@@ -104,6 +107,13 @@ def test_sweep_builds_every_configuration_and_skips_finished_ones(tmp_path, monk
     assert [(c.method, c.layers) for c in seen] == [("lance", 2), ("bp", 4), ("lance", 4)]
     assert all(c.classes == (50, 100) and c.pretrained == "w.pt" and c.resolution == 64 for c in seen)
     assert "done already" in capsys.readouterr().out
+    assert all(c.compress_batch for c in seen)
+    seen.clear()
+    assert main(["sweep", "--methods", "lance", "--layers", "2", "--batch-sizes", "4", "--no-compress-batch",
+                 "--out", str(tmp_path), "--no-progress"]) == 0
+    assert [(c.batch_size, c.compress_batch) for c in seen] == [(4, False)]
+    assert ft.result_name(seen[0]).endswith("_nobatch.json")
+    assert "nobatch" not in ft.result_name(ft.FinetuneConfig(method="bp", compress_batch=False))  # BP has no basis
 
 
 def test_ablation_table_pairs_each_lance_setting_with_bp_of_the_same_length(tmp_path):
