@@ -87,6 +87,8 @@ def result_name(cfg: FinetuneConfig) -> str:
         parts.insert(4, f"h{cfg.hosvd_energy:g}")
     if cfg.classes:
         parts.append(f"c{cfg.classes[0]}-{cfg.classes[1]}")
+    if cfg.resolution:
+        parts.append(f"r{cfg.resolution}")
     if cfg.train_limit:
         parts.append(f"n{cfg.train_limit}")
     if cfg.optimizer != "script":

@@ -107,6 +107,7 @@ def test_sweep_builds_every_configuration_and_skips_finished_ones(tmp_path, monk
     assert [(c.method, c.layers) for c in seen] == [("lance", 2), ("bp", 4), ("lance", 4)]
     assert all(c.classes == (50, 100) and c.pretrained == "w.pt" and c.resolution == 64 for c in seen)
     assert "done already" in capsys.readouterr().out
+    assert ft.result_name(seen[0]).endswith("_c50-100_r64.json")  # the resolution is part of the name
     assert all(c.compress_batch for c in seen)
     seen.clear()
     assert main(["sweep", "--methods", "lance", "--layers", "2", "--batch-sizes", "4", "--no-compress-batch",
