@@ -70,6 +70,8 @@ class FinetuneConfig:
             raise LanceError(f"optimizer must be 'script' or 'table4', got {self.optimizer!r}.")
         if self.classes is not None:
             self.classes = tuple(self.classes)
+        if self.method == "bp":  # BP keeps whole activations: the option means nothing for it
+            self.compress_batch = True
 
 
 PROFILES = {

@@ -31,8 +31,10 @@ def finetune_results(directory=None):
 def _batch_compressed(results):
     """Runs that project the batch mode too (the paper's setting; files written before the
     option existed have no ``config.compress_batch`` column and did)."""
+    import pandas as pd
+
     if "config.compress_batch" not in results:
-        return results["config.method"].notna()
+        return pd.Series(True, index=results.index)
     return results["config.compress_batch"].fillna(True).astype(bool)
 
 

@@ -114,7 +114,7 @@ def test_sweep_builds_every_configuration_and_skips_finished_ones(tmp_path, monk
                  "--out", str(tmp_path), "--no-progress"]) == 0
     assert [(c.batch_size, c.compress_batch) for c in seen] == [(4, False)]
     assert ft.result_name(seen[0]).endswith("_nobatch.json")
-    assert "nobatch" not in ft.result_name(ft.FinetuneConfig(method="bp", compress_batch=False))  # BP has no basis
+    assert ft.FinetuneConfig(method="bp", compress_batch=False).compress_batch  # BP keeps whole activations
 
 
 def test_ablation_table_pairs_each_lance_setting_with_bp_of_the_same_length(tmp_path):
