@@ -91,6 +91,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if (args.out / result_name(cfg)).exists():
             print(f"done already: {result_name(cfg)}", flush=True)
             continue
+        lock = _claim(Path(args.checkpoint_dir) / (result_name(cfg)[:-len(".json")] + ".lock"))
+        if lock is None:  # another sweep (or `plan --run` in a second terminal) is on it
+            print(f"running in another process, skipped here: {result_name(cfg)}", flush=True)
+            continue
         print(f"running: {result_name(cfg)}", flush=True)
         try:
             finetune(cfg, data_dir=args.data_dir, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
@@ -98,6 +102,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         except Exception:  # keep going with the other runs; the log says what failed
             failures += 1
             traceback.print_exc()
+        finally:
+            lock.unlink(missing_ok=True)
     return 1 if failures else 0
 
 

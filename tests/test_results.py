@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -93,7 +94,8 @@ def test_finetune_table_separates_settings_and_puts_the_papers_numbers_beside(tm
 
 def test_sweep_builds_every_configuration_and_skips_finished_ones(tmp_path, monkeypatch, capsys):
     """`python -m lance sweep` hands the trainer one config per grid point, with the
-    split-protocol options, and does not rerun a setting whose result file exists."""
+    split-protocol options, does not rerun a setting whose result file exists, and leaves a
+    setting that another running sweep holds to it."""
     import lance.finetune as ft
     from lance.__main__ import main
 
@@ -102,7 +104,8 @@ def test_sweep_builds_every_configuration_and_skips_finished_ones(tmp_path, monk
     (tmp_path / ft.result_name(ft.FinetuneConfig(model="resnet18", method="bp", layers=2, classes=(50, 100),
                                                  resolution=64, pretrained="w.pt"))).write_text("{}")
     argv = ["sweep", "--models", "resnet18", "--methods", "bp", "lance", "--layers", "2", "4", "--classes", "50",
-            "100", "--pretrained", "w.pt", "--resolution", "64", "--out", str(tmp_path), "--no-progress"]
+            "100", "--pretrained", "w.pt", "--resolution", "64", "--out", str(tmp_path), "--no-progress",
+            "--checkpoint-dir", str(tmp_path / "c")]
     assert main(argv) == 0
     assert [(c.method, c.layers) for c in seen] == [("lance", 2), ("bp", 4), ("lance", 4)]
     assert all(c.classes == (50, 100) and c.pretrained == "w.pt" and c.resolution == 64 for c in seen)
@@ -111,10 +114,24 @@ def test_sweep_builds_every_configuration_and_skips_finished_ones(tmp_path, monk
     assert all(c.compress_batch for c in seen)
     seen.clear()
     assert main(["sweep", "--methods", "lance", "--layers", "2", "--batch-sizes", "4", "--no-compress-batch",
-                 "--out", str(tmp_path), "--no-progress"]) == 0
+                 "--out", str(tmp_path), "--no-progress", "--checkpoint-dir", str(tmp_path / "c")]) == 0
     assert [(c.batch_size, c.compress_batch) for c in seen] == [(4, False)]
     assert ft.result_name(seen[0]).endswith("_nobatch.json")
     assert ft.FinetuneConfig(method="bp", compress_batch=False).compress_batch  # BP keeps whole activations
+    # a configuration that another live process holds (its lock names a running pid) is left to it;
+    # a lock whose process is gone is taken over
+    seen.clear()
+    locks = tmp_path / "ckpt"
+    locks.mkdir()
+    held = ft.FinetuneConfig(model="mcunet-in2", method="lance", layers=2)
+    (locks / (ft.result_name(held)[:-5] + ".lock")).write_text(str(os.getpid()))
+    stale = ft.FinetuneConfig(model="mcunet-in2", method="lance", layers=4)
+    (locks / (ft.result_name(stale)[:-5] + ".lock")).write_text("999999999")
+    assert main(["sweep", "--methods", "lance", "--layers", "2", "4", "--out", str(tmp_path), "--checkpoint-dir",
+                 str(locks), "--no-progress"]) == 0
+    assert [c.layers for c in seen] == [4]
+    assert "running in another process, skipped here" in capsys.readouterr().out
+    assert sorted(p.name for p in locks.iterdir()) == [ft.result_name(held)[:-5] + ".lock"]  # the stale one released
 
 
 def test_ablation_table_pairs_each_lance_setting_with_bp_of_the_same_length(tmp_path):
