@@ -133,6 +133,14 @@ def image_fn(imageset, resolution: int):
     return lambda idx: torch.stack([ds[i][0] for i in idx])
 
 
+def _angle_or_nan(approx, exact) -> float:
+    """The diagnostic angle, or NaN where a gradient is zero (a run whose units have all died):
+    the run goes on and its file says so, instead of the diagnostic ending the run."""
+    if approx is None or not bool(approx.any()) or not bool(exact.any()):
+        return float("nan")
+    return gradient_angle(approx, exact)
+
+
 def _build_model(cfg: FinetuneConfig, num_classes: int, weights_dir) -> tuple[nn.Module, str]:
     from . import models
 
@@ -323,7 +331,7 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
             loss = F.cross_entropy(out, y)
             loss.backward()
             if step == 0 and cfg.method != "bp":
-                angles = {n: gradient_angle(suffix.get_submodule(n).weight.grad, g) for n, g in zip(layers, exact)}
+                angles = {n: _angle_or_nan(suffix.get_submodule(n).weight.grad, g) for n, g in zip(layers, exact)}
             if script:
                 nn.utils.clip_grad_norm_(params, 2.0)
             opt.step()

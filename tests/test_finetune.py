@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -94,3 +95,12 @@ def test_bad_config_is_refused():
         FinetuneConfig(method="sgd")
     with pytest.raises(lance.LanceError, match="optimizer"):
         FinetuneConfig(optimizer="adam")
+
+
+def test_the_angle_diagnostic_gives_nan_for_a_zero_gradient_instead_of_ending_the_run():
+    from lance.finetune import _angle_or_nan
+
+    g = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    assert math.isnan(_angle_or_nan(torch.zeros(2, 2), g)) and math.isnan(_angle_or_nan(g, torch.zeros(2, 2)))
+    assert math.isnan(_angle_or_nan(None, g))
+    assert _angle_or_nan(g, torch.tensor([[0.0, 1.0], [0.0, 0.0]])) == pytest.approx(90.0)
