@@ -6,7 +6,8 @@ classes (split A), then fine-tune on the other half (split B) with ``lance.finet
 (``pretrained=<the checkpoint>``, ``classes=(50, 100)``). ``pretrain(config)`` trains the whole
 network from scratch on split A with the usual recipe (SGD with momentum, cosine schedule,
 random crops and flips), checkpoints every epoch (runs resume), and writes the state_dict
-plus a result record with its accuracy and provenance.
+plus a result record with its accuracy, the weights' sha256 and provenance. A record is never
+replaced by one of other weights (see :func:`record_path`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from .errors import LanceError
 
-__all__ = ["PretrainConfig", "pretrain", "checkpoint_name"]
+__all__ = ["PretrainConfig", "pretrain", "checkpoint_name", "record_path"]
 
 
 @dataclass
@@ -151,5 +152,18 @@ def pretrain(cfg: PretrainConfig, *, data_dir=None, out_dir: str | os.PathLike =
                        "wall_time_this_process_s": time.perf_counter() - t_start},
     }
     if results_dir:
-        write_result(Path(results_dir) / f"{name}.json", record, overwrite=True)
+        write_result(record_path(Path(results_dir), name, digest), record, overwrite=True)
     return record
+
+
+def record_path(results_dir: Path, name: str, digest: str) -> Path:
+    """Where the record of weights with sha256 ``digest`` goes: ``<name>.json``, unless a record of
+    that name describes other weights (the same configuration trained again on another machine,
+    say: fine-tuning runs that name those weights by their digest still need it), then
+    ``<name>_<first 8 hex digits>.json``. A record of the same weights is replaced."""
+    from .results import read_result
+
+    plain = results_dir / f"{name}.json"
+    if not plain.exists() or read_result(plain).get("metrics", {}).get("weights_sha256") == digest:
+        return plain
+    return results_dir / f"{name}_{digest[:8]}.json"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 from .paper import paper_finetuning
 from .results import RESULTS_DIR, load_results
 
-__all__ = ["finetune_results", "finetune_table", "ablation_table", "continual_results", "continual_table", "memory_by_layer",
+__all__ = ["finetune_results", "finetune_table", "batch_compressed", "split_weights", "ablation_table", "continual_results", "continual_table", "memory_by_layer",
            "stored_activation_mb", "default_settings", "PAPER_MODEL_NAMES"]
 
 #: how the paper names the models of this project
@@ -28,7 +29,7 @@ def finetune_results(directory=None):
     return table
 
 
-def _batch_compressed(results):
+def batch_compressed(results):
     """Runs that project the batch mode too (the paper's setting; files written before the
     option existed have no ``config.compress_batch`` column and did)."""
     import pandas as pd
@@ -36,6 +37,45 @@ def _batch_compressed(results):
     if "config.compress_batch" not in results:
         return pd.Series(True, index=results.index)
     return results["config.compress_batch"].fillna(True).astype(bool)
+
+
+def split_weights(results, pretrained):
+    """Which pretraining each split-protocol run fine-tuned: one row per run of ``results``
+    (:func:`finetune_results`) that started from a state_dict file, with the first 8 hex digits
+    of that file's sha256 and the accuracy of the pretraining record (``pretrained``: the table
+    of ``data/results/pretrain``) with that digest. Runs written before fine-tuning recorded the
+    digest are matched by date: to the latest pretraining of the same weights file that started
+    before them (``how``: "digest" or "by date")."""
+    import re
+
+    import pandas as pd
+
+    cols = ["model", "method", "layers", "epochs", "acc", "weights", "how", "pretraining acc"]
+    if not len(results) or "config.pretrained" not in results:
+        return pd.DataFrame(columns=cols)
+    runs = results[results["config.classes"].map(lambda c: c is not None)
+                   & results["config.pretrained"].map(lambda p: isinstance(p, str) and p != "imagenet")]
+    rows = []
+    for _, run in runs.iterrows():
+        found = re.search(r"sha256 ([0-9a-f]{64})", str(run.get("metrics.weights", "")))
+        how, digest = "digest", found.group(1) if found else None
+        if digest is None and len(pretrained):
+            same = pretrained[(pretrained["config.model"] == run["config.model"])
+                              & pretrained["metrics.weights_file"].map(
+                                  lambda f: Path(str(f)).name == Path(run["config.pretrained"]).name)
+                              & (pretrained["provenance.timestamp_utc"] < run["provenance.timestamp_utc"])]
+            if len(same):
+                how, digest = "by date", same.sort_values("provenance.timestamp_utc")["metrics.weights_sha256"].iloc[-1]
+        record = pretrained[pretrained["metrics.weights_sha256"] == digest] if len(pretrained) and digest else []
+        rows.append({"model": run["config.model"], "method": run["config.method"], "layers": int(run["config.layers"]),
+                     "epochs": int(run["config.epochs"]), "acc": run["metrics.accuracy"],
+                     "weights": digest[:8] if digest else None, "how": how if digest else "unknown",
+                     "pretraining acc": record["metrics.accuracy"].iloc[0] if len(record) else None})
+    table = pd.DataFrame(rows, columns=cols)
+    if len(table):
+        table = table.sort_values(["model", "layers", "method"],
+                                  key=lambda s: s.map(_METHOD_ORDER) if s.name == "method" else s)
+    return table.reset_index(drop=True)
 
 
 def finetune_table(results, dataset: str = "cifar100", batch_size: int = 128, paper_table: str = "2",
@@ -61,7 +101,7 @@ def finetune_table(results, dataset: str = "cifar100", batch_size: int = 128, pa
                       & (results["config.train_limit"] == 0) & same_classes
                       & ((results["config.energy"] - energy).abs() < 1e-9)
                       & (results["config.calibration_batches"] == calibration_batches)
-                      & _batch_compressed(results)]
+                      & batch_compressed(results)]
         keys = ["config.model", "config.method", "config.layers", "config.epochs"]
         for (model, method, layers, epochs), grp in sel.groupby(keys):
             p = paper[(paper.model == PAPER_MODEL_NAMES.get(model, model)) & (paper.method == method)
@@ -94,7 +134,7 @@ def ablation_table(results, model: str = "mcunet-in2", dataset: str = "cifar100"
     plain = results["config.classes"].map(lambda c: c is None)
     sel = results[(results["config.model"] == model) & (results["config.dataset"] == dataset)
                   & (results["config.layers"] == layers) & (results["config.batch_size"] == batch_size)
-                  & (results["config.train_limit"] == 0) & plain & _batch_compressed(results)]
+                  & (results["config.train_limit"] == 0) & plain & batch_compressed(results)]
     bp = sel[sel["config.method"] == "bp"].groupby("config.epochs")
     rows = []
     keys = ["config.energy", "config.calibration_batches", "config.epochs"]

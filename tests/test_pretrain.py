@@ -66,3 +66,30 @@ def test_cli_skips_a_pretraining_that_is_done_or_runs_elsewhere(tmp_path, capsys
     before = result.read_text()
     assert main(args) == 0 and "done already" in capsys.readouterr().out
     assert result.read_text() == before  # not trained again, not overwritten
+
+
+def test_a_record_of_other_weights_is_kept(tmp_path):
+    """Retraining the same configuration elsewhere gives other weights: the earlier record, which
+    fine-tuning runs name by its digest, stays and the new one gets its own file."""
+    from lance.pretrain import record_path
+    from lance.results import write_result
+
+    def record(digest):
+        return {"config": {}, "metrics": {"weights_sha256": digest}, "provenance": {}}
+
+    name, first, second = "resnet18_x", "ab" * 32, "cd" * 32
+    assert record_path(tmp_path, name, first) == tmp_path / f"{name}.json"  # nothing there yet
+    write_result(tmp_path / f"{name}.json", record(first))
+    assert record_path(tmp_path, name, first) == tmp_path / f"{name}.json"  # the same weights: replaced
+    other = record_path(tmp_path, name, second)
+    assert other == tmp_path / f"{name}_cdcdcdcd.json"
+    cfg = PretrainConfig(classes=(0, 5), resolution=32, epochs=1, batch_size=32, train_limit=64)
+    from lance.pretrain import checkpoint_name
+
+    plain = tmp_path / "r" / f"{checkpoint_name(cfg)}.json"
+    write_result(plain, record(first))
+    rec = pretrain(cfg, data_dir=DATA, out_dir=tmp_path / "w", results_dir=tmp_path / "r", progress=False)
+    digest = rec["metrics"]["weights_sha256"]
+    assert json.loads(plain.read_text())["metrics"]["weights_sha256"] == first  # untouched
+    kept = tmp_path / "r" / f"{checkpoint_name(cfg)}_{digest[:8]}.json"
+    assert json.loads(kept.read_text())["metrics"]["weights_sha256"] == digest

@@ -157,3 +157,38 @@ def test_ablation_table_pairs_each_lance_setting_with_bp_of_the_same_length(tmp_
     assert table.acc.tolist() == [52.0, 50.0, 55.0, 59.0]
     assert table["BP acc"].tolist() == [60.0, 60.0, 60.0, 65.0]
     assert tables.ablation_table(tables.finetune_results(tmp_path / "none")).empty
+
+
+def test_split_weights_names_the_pretraining_of_each_run(tmp_path):
+    """A run that recorded its weights' digest gets that pretraining; an older run without one gets
+    the latest pretraining of the same file that started before it, never a later one."""
+    import pandas as pd
+
+    from lance import tables
+
+    old, new = "11" * 32, "22" * 32
+    pre = pd.DataFrame([
+        {"config.model": "resnet18", "metrics.weights_sha256": old, "metrics.accuracy": 68.0,
+         "metrics.weights_file": "_build/weights/r18.pt", "provenance.timestamp_utc": "2026-11-22T01:00:00+00:00"},
+        {"config.model": "resnet18", "metrics.weights_sha256": new, "metrics.accuracy": 69.0,
+         "metrics.weights_file": "_build/weights/r18.pt", "provenance.timestamp_utc": "2026-12-01T08:00:00+00:00"},
+    ])
+
+    def run(method, when, weights):
+        return {"config.model": "resnet18", "config.method": method, "config.layers": 2, "config.epochs": 50,
+                "config.classes": [50, 100], "config.pretrained": "_build/weights/r18.pt", "metrics.accuracy": 60.0,
+                "metrics.weights": weights, "provenance.timestamp_utc": when}
+
+    results = pd.DataFrame([
+        run("bp", "2026-11-22T05:00:00+00:00", "_build/weights/r18.pt (44 bytes)"),  # before digests were kept
+        run("hosvd", "2026-12-01T09:00:00+00:00", f"_build/weights/r18.pt (44 bytes, sha256 {new})"),
+        run("asi", "2026-11-21T00:00:00+00:00", "_build/weights/r18.pt (44 bytes)"),  # before any pretraining
+        {**run("lance", "2026-12-01T09:00:00+00:00", None), "config.classes": None, "config.pretrained": "imagenet"},
+    ])
+    table = tables.split_weights(results, pre).set_index("method")
+    assert list(table.index) == ["bp", "hosvd", "asi"]  # the ImageNet run is no split-protocol run
+    assert table.loc["bp", "weights"] == "11111111" and table.loc["bp", "how"] == "by date"
+    assert table.loc["bp", "pretraining acc"] == 68.0
+    assert table.loc["hosvd", "weights"] == "22222222" and table.loc["hosvd", "how"] == "digest"
+    assert table.loc["hosvd", "pretraining acc"] == 69.0
+    assert table.loc["asi", "how"] == "unknown" and pd.isna(table.loc["asi", "pretraining acc"])
