@@ -153,28 +153,11 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _claim(lock: Path):
-    """Create ``lock`` holding this process id, so that two sweeps (or pretrainings) in parallel
-    never run the same configuration; a lock left by a process that no longer runs is taken
-    over. None if taken."""
-    import os
+    """Lock a configuration, so that two sweeps (or pretrainings) in parallel never run the same
+    one (:func:`lance.locks.claim`); None if another live process holds it."""
+    from .locks import claim
 
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                os.kill(int(lock.read_text().strip() or 0), 0)
-                return None  # its owner is alive
-            except (ProcessLookupError, ValueError):
-                lock.unlink(missing_ok=True)  # stale
-                continue
-            except PermissionError:
-                return None
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return lock
-    return None
+    return claim(lock)
 
 
 def _cmd_continual(args: argparse.Namespace) -> int:

@@ -141,7 +141,19 @@ class FeatureCache:
               batch_size: int = 128, progress: bool = True) -> None:
         """Fill the cache. ``images(indices)`` returns the (normalised) input batch for those
         samples; the mirror image is ``flip(-1)`` of it."""
+        from .locks import wait_and_claim
+
         self.dir.mkdir(parents=True, exist_ok=True)
+        if self.complete:
+            return
+        # one builder at a time: a second process (a parallel sweep) waits, then finds it complete
+        lock = wait_and_claim(self.dir / "build.lock", log=print if progress else None)
+        try:
+            self._fill(images, prefix, batch_size, progress)
+        finally:
+            lock.unlink(missing_ok=True)
+
+    def _fill(self, images, prefix, batch_size: int, progress: bool) -> None:
         meta = self._meta()
         done = meta.get("done", 0) if self.data_path.exists() else 0
         if done == self.n:

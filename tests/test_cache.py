@@ -66,3 +66,47 @@ def test_feature_cache_roundtrip_with_flips_and_resume(tmp_path):
     again = FeatureCache(tmp_path, {"test": 1}, n=10, flips=True)
     assert again.complete and again.dir == cache.dir
     assert FeatureCache(tmp_path, {"test": 2}, n=10, flips=True).dir != cache.dir
+
+
+def test_a_second_builder_waits_for_the_first_and_reuses_its_cache(tmp_path, monkeypatch):
+    """Two sweeps in parallel need the same cache: the second waits while the first holds the
+    build lock, then finds the cache complete and computes nothing; a lock of a process that is
+    gone is taken over at once."""
+    import os
+
+    import lance.locks
+
+    images = torch.randn(6, 3, 8, 8)
+    calls = []
+
+    def prefix(x):
+        calls.append(len(x))
+        return x.mean(1, keepdim=True)
+
+    cache = FeatureCache(tmp_path, {"test": "lock"}, n=6, flips=True)
+    cache.dir.mkdir(parents=True)
+    lock = cache.dir / "build.lock"
+    lock.write_text(str(os.getpid()))  # a live process (this one) is building it
+    waits = []
+
+    def other_process_finishes(seconds):
+        waits.append(seconds)
+        FeatureCache(tmp_path, {"test": "lock"}, n=6, flips=True)._fill(lambda i: images[list(i)], prefix, 4, False)
+        lock.unlink()
+
+    monkeypatch.setattr(lance.locks.time, "sleep", other_process_finishes)
+    before = len(calls)
+    cache.build(lambda i: images[list(i)], prefix, batch_size=4, progress=False)
+    assert len(waits) == 1 and cache.complete and not lock.exists()
+    built_by_other = len(calls) - before
+    cache.build(lambda i: images[list(i)], prefix, batch_size=4, progress=False)
+    assert len(calls) - before == built_by_other  # nothing computed again
+    torch.testing.assert_close(cache.batch(cache.load(), [5], [1]), prefix(images[5:6].flip(-1)))
+
+    # a stale lock (no such process) does not block a build
+    stale = FeatureCache(tmp_path, {"test": "stale"}, n=6, flips=False)
+    stale.dir.mkdir(parents=True)
+    (stale.dir / "build.lock").write_text("999999999")
+    monkeypatch.setattr(lance.locks.time, "sleep", lambda s: pytest.fail("waited for a dead process"))
+    stale.build(lambda i: images[list(i)], prefix, batch_size=4, progress=False)
+    assert stale.complete and not (stale.dir / "build.lock").exists()
