@@ -8,8 +8,9 @@ from typing import Optional
 from .paper import paper_finetuning
 from .results import RESULTS_DIR, load_results
 
-__all__ = ["finetune_results", "finetune_table", "batch_compressed", "split_weights", "ablation_table", "continual_results", "continual_table", "memory_by_layer",
-           "stored_activation_mb", "default_settings", "PAPER_MODEL_NAMES"]
+__all__ = ["finetune_results", "finetune_table", "batch_compressed", "split_weights", "ablation_table",
+           "continual_results", "continual_table", "memory_by_layer", "stored_activation_mb", "default_settings",
+           "PAPER_MODEL_NAMES"]
 
 #: how the paper names the models of this project
 PAPER_MODEL_NAMES = {"mcunet-in2": "MCUNet", "mobilenet_v2": "MobileNetV2", "resnet18": "ResNet18",
