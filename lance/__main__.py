@@ -214,7 +214,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     from .plan import group_summary, plan_status
 
-    status = plan_status()
+    status = plan_status(args.results)
     if args.group:
         status = status[status.group.str.contains(args.group, case=False, regex=False)]
     if len(status) == 0:
@@ -413,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "--run runs the missing ones")
     p.add_argument("--group", default=None, help="only groups whose name contains this (e.g. 'Table 2')")
     p.add_argument("--run", action="store_true", help="run the commands of the missing runs (hours to days)")
+    p.add_argument("--results", default=None,
+                   help="the result directory to match against (default: the project's data/results)")
     p.set_defaults(func=_cmd_plan)
 
     return parser

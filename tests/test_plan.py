@@ -88,18 +88,30 @@ def test_status_page_lists_the_missing_runs_with_their_commands(tmp_path):
         assert f"`{row.command}`" in text
 
 
-def test_plan_command_lists_and_runs_each_missing_command_once(monkeypatch, capsys):
+def test_plan_command_lists_and_runs_each_missing_command_once(monkeypatch, capsys, tmp_path):
     import subprocess
 
     from lance.__main__ import main
 
-    assert main(["plan", "--group", "small batches"]) == 0
+    # an empty result directory: every run is missing, whatever results the project has committed
+    results = ["--results", str(tmp_path)]
+    assert main(["plan", "--group", "small batches", *results]) == 0
     out = capsys.readouterr().out
-    assert "Tables 8-9: small batches:" in out and "--batch-sizes 4" in out
+    assert "Tables 8-9: small batches: 0 of" in out and "--batch-sizes 4" in out
     calls = []
     monkeypatch.setattr(subprocess, "call", lambda argv: calls.append(argv[3:]) or 0)
-    status = plan_status()
+    status = plan_status(tmp_path)
     missing = status[~status.done & status.group.str.contains("small batches")]
-    assert main(["plan", "--group", "small batches", "--run"]) == 0
+    assert len(missing) > 0
+    assert main(["plan", "--group", "small batches", "--run", *results]) == 0
     assert [" ".join(c) for c in calls] == [c.split("python -m lance ")[1] for c in dict.fromkeys(missing.command)]
-    assert main(["plan", "--group", "no such group"]) == 1
+    assert len(calls) < len(missing)  # runs that share a command (a sweep) run it once
+
+    # a run with a result file is neither listed as missing nor run again
+    write_result(tmp_path / "finetune" / "a.json", _finetune(batch_size=4, epochs=10))
+    calls.clear()
+    assert main(["plan", "--group", "small batches", "--run", *results]) == 0
+    status = plan_status(tmp_path)
+    assert status[status.group.str.contains("small batches")].done.sum() == 1
+    assert len(calls) == len(dict.fromkeys(status[~status.done & status.group.str.contains("small batches")].command))
+    assert main(["plan", "--group", "no such group", *results]) == 1
