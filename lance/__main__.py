@@ -71,10 +71,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     failures = 0
     grid = itertools.product(args.models, args.layers, args.batch_sizes, args.energies, args.calibration_batches,
-                             args.seeds, args.methods)
-    for model, layers, bs, energy, n_cal, seed, method in grid:
+                             args.seeds, args.lrs or [None], args.methods)
+    for model, layers, bs, energy, n_cal, seed, lr, method in grid:
         values = dict(PROFILES[args.profile], model=model, dataset=args.dataset, method=method, layers=layers,
                       batch_size=bs, seed=seed, energy=energy)
+        if lr is not None:
+            values["lr"] = lr
         if n_cal:
             values["calibration_batches"] = n_cal
         if args.epochs:
@@ -328,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compress-batch", dest="compress_batch", action="store_false",
                    help="leave the batch mode uncompressed (the paper projects it too)")
     p.add_argument("--seeds", type=int, nargs="+", default=[42])
+    p.add_argument("--lrs", type=float, nargs="+", default=None,
+                   help="learning rates (default: the paper's 0.05)")
     p.add_argument("--classes", type=int, nargs=2, metavar=("FIRST", "END"), default=None,
                    help="fine-tune on classes [FIRST, END) (the split protocol)")
     p.add_argument("--pretrained", default=None, help="'imagenet' (default) or a state_dict file from "

@@ -38,6 +38,9 @@ __all__ = ["FinetuneConfig", "PROFILES", "finetune", "result_name", "METHODS", "
 METHODS = ("bp", "hosvd", "asi", "lance")
 
 
+DEFAULT_LR = 0.05  # the paper's (Table 4)
+
+
 @dataclass
 class FinetuneConfig:
     """One fine-tuning run. Defaults follow the paper (Table 4) and the authors' script."""
@@ -50,7 +53,7 @@ class FinetuneConfig:
     hosvd_energy: float = 0.8  # per-step HOSVD threshold (the HOSVD authors' scripts use 0.8)
     epochs: int = 50
     batch_size: int = 128
-    lr: float = 0.05
+    lr: float = DEFAULT_LR
     optimizer: str = "script"  # script: momentum 0.9, wd 1e-4, cosine to 0.01 lr, clip 2 | table4: plain SGD
     calibration_batches: int = 100
     compress_batch: bool = True  # project the batch mode too (the paper's choice)
@@ -95,6 +98,8 @@ def result_name(cfg: FinetuneConfig) -> str:
         parts.append(f"n{cfg.train_limit}")
     if cfg.optimizer != "script":
         parts.append(cfg.optimizer)
+    if cfg.lr != DEFAULT_LR:  # the paper's learning rate is left out of the name
+        parts.append(f"lr{cfg.lr:g}")
     if cfg.calibration_batches != 100 and cfg.method in ("lance", "asi"):
         parts.append(f"cal{cfg.calibration_batches}")
     if not cfg.compress_batch and cfg.method in ("lance", "asi", "hosvd"):
@@ -291,6 +296,11 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
     # CPU time of the processes (all threads): unlike the wall time, it leaves out spells in which a
     # process was paused or waited for a shared core. None once an earlier process did not record it.
     cpu_start, cpu_before = time.process_time(), 0.0
+
+    def weight_norms() -> dict:  # how far each trained weight has moved; a diverging run shows here first
+        return {n: float(suffix.get_submodule(n).weight.detach().norm()) for n in layers}
+
+    initial_norms = weight_norms()  # the pretrained weights' (a resumed run takes its checkpoint's)
     ckpt_path = Path(checkpoint_dir) / (result_name(cfg)[:-5] + ".pt") if checkpoint_dir else None
     if ckpt_path is not None and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -305,6 +315,7 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
         elapsed_before = state.get("elapsed", sum(h["seconds"] for h in history))
         commits = state.get("commits", ["unrecorded"]) + commits
         cpu_before = state.get("cpu_elapsed")
+        initial_norms = state.get("initial_norms")
         log(f"resumed {ckpt_path.name} after epoch {start_epoch}")
 
     measured = None
@@ -344,7 +355,8 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
                 bar.update(1)
         test_acc = _evaluate(suffix, vc, vfeats, vlabels, 256)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "train_acc": 100.0 * correct / seen,
-                        "test_acc": test_acc, "angle_deg": angles, "seconds": time.perf_counter() - t0,
+                        "test_acc": test_acc, "angle_deg": angles, "weight_norm": weight_norms(),
+                        "seconds": time.perf_counter() - t0,
                         "cpu_seconds": time.process_time() - c0})
         if ckpt_path is not None:
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
@@ -353,7 +365,7 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
                         "scheduler": sched.state_dict() if sched else None, "history": history, "epoch": epoch + 1,
                         "asi_bases": {n: m._bases for n, m in lance_layers.items() if hasattr(m, "_bases")},
                         "elapsed": elapsed_before + time.perf_counter() - start_time, "commits": commits,
-                        "cpu_elapsed": _cpu_total(cpu_before, cpu_start)}, tmp)
+                        "cpu_elapsed": _cpu_total(cpu_before, cpu_start), "initial_norms": initial_norms}, tmp)
             os.replace(tmp, ckpt_path)
     if bar:
         bar.close()
@@ -388,6 +400,7 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
             "decomposition_tflops": decomposition / 1e12,
             "ranks": ranks,
             "angle_deg": [h["angle_deg"] for h in history],
+            "weight_norm_initial": initial_norms,  # None for a run resumed from an older checkpoint
             "history": history,
             "train_images": int(len(tlabels)),
             "test_images": int(len(vlabels)),

@@ -8,7 +8,8 @@ from typing import Optional
 from .paper import paper_finetuning
 from .results import RESULTS_DIR, load_results
 
-__all__ = ["finetune_results", "finetune_table", "batch_compressed", "split_weights", "ablation_table",
+__all__ = ["finetune_results", "finetune_table", "batch_compressed", "paper_lr", "lr_table", "split_weights",
+           "ablation_table",
            "continual_results", "continual_table", "memory_by_layer", "stored_activation_mb", "default_settings",
            "PAPER_MODEL_NAMES"]
 
@@ -38,6 +39,61 @@ def batch_compressed(results):
     if "config.compress_batch" not in results:
         return pd.Series(True, index=results.index)
     return results["config.compress_batch"].fillna(True).astype(bool)
+
+
+def paper_lr(results):
+    """Runs at the paper's learning rate (0.05; files written before the learning-rate sweep
+    all were). Runs at other rates are their own experiment (:func:`lr_table`)."""
+    import pandas as pd
+
+    from .finetune import DEFAULT_LR
+
+    if "config.lr" not in results:
+        return pd.Series(True, index=results.index)
+    return (results["config.lr"].fillna(DEFAULT_LR) - DEFAULT_LR).abs() < 1e-12
+
+
+def lr_table(results, model: str = "mcunet-in2", dataset: str = "cifar100", batch_size: int = 4):
+    """One row per (method, layers, learning rate, epochs) of the full runs of one model and
+    batch size (the paper's settings otherwise: eps 0.7, 100 calibration batches, the batch mode
+    projected): the test accuracy, the training accuracy of the first epoch, and how far the
+    trained weights moved: the largest ratio of a trained layer's weight norm after the last
+    epoch to its pretrained norm, and that layer (runs written before the norms were recorded
+    have none)."""
+    import pandas as pd
+
+    from .finetune import DEFAULT_LR
+
+    cols = ["method", "layers", "lr", "epochs", "runs", "acc", "epoch-1 train acc", "largest norm growth",
+            "layer"]
+    if not len(results):
+        return pd.DataFrame(columns=cols)
+    plain = results["config.classes"].map(lambda c: c is None)
+    sel = results[(results["config.model"] == model) & (results["config.dataset"] == dataset)
+                  & (results["config.batch_size"] == batch_size) & (results["config.train_limit"] == 0) & plain
+                  & ((results["config.energy"] - 0.7).abs() < 1e-9) & (results["config.calibration_batches"] == 100)
+                  & batch_compressed(results)]
+    sel = sel.assign(lr=sel["config.lr"].fillna(DEFAULT_LR) if "config.lr" in sel else DEFAULT_LR)
+    rows = []
+    for (method, layers, lr, epochs), grp in sel.groupby(["config.method", "config.layers", "lr", "config.epochs"]):
+        growth, where = None, None
+        for _, run in grp.iterrows():
+            start, history = run.get("metrics.weight_norm_initial"), run["metrics.history"]
+            if not isinstance(start, dict) or not history or "weight_norm" not in history[-1]:
+                continue
+            for name, norm in history[-1]["weight_norm"].items():
+                if growth is None or norm / start[name] > growth:
+                    growth, where = norm / start[name], name
+        rows.append({"method": method, "layers": int(layers), "lr": float(lr), "epochs": int(epochs), "runs": len(grp),
+                     "acc": grp["metrics.accuracy"].mean(),
+                     "epoch-1 train acc": grp["metrics.history"].map(lambda h: h[0]["train_acc"]).mean(),
+                     "largest norm growth": growth, "layer": where})
+    table = pd.DataFrame(rows, columns=cols)
+    if len(table):
+        table = table.sort_values(["layers", "lr", "method", "epochs"],
+                                  key=lambda s: s.map(_METHOD_ORDER) if s.name == "method" else s,
+                                  ascending=[True, False, True, True])
+    return table.reset_index(drop=True)
 
 
 def split_weights(results, pretrained):
@@ -102,7 +158,7 @@ def finetune_table(results, dataset: str = "cifar100", batch_size: int = 128, pa
                       & (results["config.train_limit"] == 0) & same_classes
                       & ((results["config.energy"] - energy).abs() < 1e-9)
                       & (results["config.calibration_batches"] == calibration_batches)
-                      & batch_compressed(results)]
+                      & batch_compressed(results) & paper_lr(results)]
         keys = ["config.model", "config.method", "config.layers", "config.epochs"]
         for (model, method, layers, epochs), grp in sel.groupby(keys):
             p = paper[(paper.model == PAPER_MODEL_NAMES.get(model, model)) & (paper.method == method)
@@ -135,7 +191,7 @@ def ablation_table(results, model: str = "mcunet-in2", dataset: str = "cifar100"
     plain = results["config.classes"].map(lambda c: c is None)
     sel = results[(results["config.model"] == model) & (results["config.dataset"] == dataset)
                   & (results["config.layers"] == layers) & (results["config.batch_size"] == batch_size)
-                  & (results["config.train_limit"] == 0) & plain & batch_compressed(results)]
+                  & (results["config.train_limit"] == 0) & plain & batch_compressed(results) & paper_lr(results)]
     bp = sel[sel["config.method"] == "bp"].groupby("config.epochs")
     rows = []
     keys = ["config.energy", "config.calibration_batches", "config.epochs"]

@@ -13,6 +13,7 @@ import torch
 import lance
 import lance.finetune as ft
 import lance.models
+import lance.selection
 from lance.finetune import FinetuneConfig, finetune, result_name
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -88,6 +89,28 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, cache_dir, monkeyp
     for a, b in zip(whole["metrics"]["history"], resumed["metrics"]["history"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
         assert a["test_acc"] == b["test_acc"]
+        assert a["weight_norm"] == pytest.approx(b["weight_norm"], rel=1e-6)
+    # the pretrained norms come from the checkpoint, not from the weights the resumed process started with
+    assert resumed["metrics"]["weight_norm_initial"] == pytest.approx(whole["metrics"]["weight_norm_initial"], rel=1e-12)
+
+
+def test_the_weight_norms_of_the_trained_layers_are_recorded_per_epoch(cache_dir):
+    layers = lance.selection.trainable_layers(lance.models.build("mobilenet_v2", num_classes=10, pretrained=False), 2)
+    moved = finetune(_cfg("lance"), data_dir=DATA, cache_dir=cache_dir, progress=False)["metrics"]
+    still = finetune(_cfg("lance", lr=0.0), data_dir=DATA, cache_dir=cache_dir, progress=False)["metrics"]
+    start = still["weight_norm_initial"]
+    assert set(start) == set(layers) and all(v > 0 for v in start.values())
+    assert start == pytest.approx(moved["weight_norm_initial"], rel=1e-12)  # the same pretrained weights
+    for epoch in still["history"]:  # a learning rate of 0 (weight decay included) moves nothing
+        assert epoch["weight_norm"] == pytest.approx(start, rel=1e-7)
+    last = moved["history"][-1]["weight_norm"]
+    assert any(abs(last[n] - start[n]) > 1e-6 * start[n] for n in layers)
+
+
+def test_a_learning_rate_other_than_the_papers_is_part_of_the_result_name():
+    assert "lr" not in result_name(_cfg("lance"))
+    assert "_lr0.01_" in result_name(_cfg("lance", lr=0.01))
+    assert result_name(_cfg("lance", lr=0.01)) != result_name(_cfg("lance", lr=0.005))
 
 
 def test_bad_config_is_refused():

@@ -118,6 +118,11 @@ def test_sweep_builds_every_configuration_and_skips_finished_ones(tmp_path, monk
     assert [(c.batch_size, c.compress_batch) for c in seen] == [(4, False)]
     assert ft.result_name(seen[0]).endswith("_nobatch.json")
     assert ft.FinetuneConfig(method="bp", compress_batch=False).compress_batch  # BP keeps whole activations
+    seen.clear()
+    assert main(["sweep", "--methods", "lance", "--layers", "2", "--batch-sizes", "4", "--lrs", "0.01", "0.005",
+                 "--out", str(tmp_path), "--no-progress", "--checkpoint-dir", str(tmp_path / "c")]) == 0
+    assert [c.lr for c in seen] == [0.01, 0.005] and ft.result_name(seen[0]).endswith("_lr0.01.json")
+    assert all(c.lr == ft.DEFAULT_LR for c in [ft.FinetuneConfig(**dict(ft.PROFILES["paper"]))])
     # a configuration that another live process holds (its lock names a running pid) is left to it;
     # a lock whose process is gone is taken over
     seen.clear()
@@ -192,3 +197,56 @@ def test_split_weights_names_the_pretraining_of_each_run(tmp_path):
     assert table.loc["hosvd", "weights"] == "22222222" and table.loc["hosvd", "how"] == "digest"
     assert table.loc["hosvd", "pretraining acc"] == 69.0
     assert table.loc["asi", "how"] == "unknown" and pd.isna(table.loc["asi", "pretraining acc"])
+
+
+def test_runs_at_another_learning_rate_have_a_table_of_their_own(tmp_path):
+    """The paper's tables take runs at its learning rate only; lr_table sets the rates side by
+    side with the first epoch's training accuracy and how far the weights moved."""
+    import math
+
+    from lance import tables
+
+    def record(method, layers, acc, lr=None, norms=None):
+        cfg = {"model": "mcunet-in2", "dataset": "cifar100", "method": method, "layers": layers, "energy": 0.7,
+               "epochs": 10, "batch_size": 4, "seed": 42, "classes": None, "train_limit": 0,
+               "calibration_batches": 100}
+        if lr is not None:
+            cfg["lr"] = lr
+        history = [{"epoch": 1, "train_acc": acc / 2}, {"epoch": 2, "train_acc": acc}]
+        metrics = {"accuracy": acc, "activation_mb": 1.0, "activation_mb_measured": 1.0, "train_tflops": 0.001,
+                   "history": history}
+        if norms:  # (pretrained, last epoch) per layer
+            metrics["weight_norm_initial"] = {n: a for n, (a, _) in norms.items()}
+            history[-1]["weight_norm"] = {n: b for n, (_, b) in norms.items()}
+        return {"config": cfg, "metrics": metrics, "provenance": {"commit": "abc"}}
+
+    write_result(tmp_path / "a.json", record("lance", 4, 5.0))  # before the norms were recorded, lr 0.05
+    write_result(tmp_path / "b.json", record("lance", 4, 50.0, lr=0.01, norms={"x": (2.0, 3.0), "y": (10.0, 12.0)}))
+    write_result(tmp_path / "c.json", record("bp", 4, 60.0, lr=0.01, norms={"x": (2.0, 2.2), "y": (10.0, 10.0)}))
+    write_result(tmp_path / "d.json", record("bp", 4, 62.0, lr=0.05))
+    results = tables.finetune_results(tmp_path)
+    # the paper's table: lr 0.05 only (a file without the key was run at 0.05)
+    small = tables.finetune_table(results, batch_size=4, paper_table="8")
+    assert sorted(zip(small.method, small.acc)) == [("bp", 62.0), ("lance", 5.0)]
+    table = tables.lr_table(results)
+    assert list(zip(table.lr, table.method)) == [(0.05, "bp"), (0.05, "lance"), (0.01, "bp"), (0.01, "lance")]
+    assert table["epoch-1 train acc"].tolist() == [31.0, 2.5, 30.0, 25.0]
+    growth = dict(zip(zip(table.lr, table.method), zip(table["largest norm growth"], table.layer)))
+    assert growth[(0.01, "lance")] == (1.5, "x") and growth[(0.01, "bp")] == (pytest.approx(1.1), "x")
+    assert math.isnan(growth[(0.05, "lance")][0]) or growth[(0.05, "lance")][0] is None
+    assert tables.lr_table(results, batch_size=128).empty
+
+
+def test_the_plan_does_not_count_a_run_at_another_learning_rate_as_the_papers(tmp_path):
+    from lance.plan import plan_status
+
+    cfg = {"model": "mcunet-in2", "dataset": "cifar100", "method": "bp", "layers": 2, "energy": 0.7, "epochs": 10,
+           "batch_size": 4, "seed": 42, "classes": None, "train_limit": 0, "calibration_batches": 100, "lr": 0.01}
+    write_result(tmp_path / "finetune" / "a.json", {"config": cfg, "metrics": {"accuracy": 1.0}, "provenance": {}})
+    status = plan_status(tmp_path)
+    small = status[status.group == "Tables 8-9: small batches"]
+    assert not small.done.any()
+    write_result(tmp_path / "finetune" / "b.json", {"config": {**cfg, "lr": 0.05}, "metrics": {"accuracy": 1.0},
+                                                    "provenance": {}})
+    status = plan_status(tmp_path)
+    assert status[status.group == "Tables 8-9: small batches"].done.sum() == 1
