@@ -8,8 +8,8 @@ from typing import Optional
 from .paper import paper_finetuning
 from .results import RESULTS_DIR, load_results
 
-__all__ = ["finetune_results", "finetune_table", "batch_compressed", "paper_lr", "lr_table", "split_weights",
-           "ablation_table",
+__all__ = ["finetune_results", "finetune_table", "batch_compressed", "paper_lr", "lr_table", "weight_norm_history",
+           "split_weights", "ablation_table",
            "continual_results", "continual_table", "memory_by_layer", "stored_activation_mb", "default_settings",
            "PAPER_MODEL_NAMES"]
 
@@ -53,6 +53,43 @@ def paper_lr(results):
     return (results["config.lr"].fillna(DEFAULT_LR) - DEFAULT_LR).abs() < 1e-12
 
 
+def _runs_at_any_lr(results, model: str, dataset: str, batch_size: int):
+    """The full runs of one model, dataset and batch size at the paper's other settings (eps 0.7,
+    100 calibration batches, the batch mode projected), whatever their learning rate, with an
+    ``lr`` column (0.05 for files written before the rate was recorded)."""
+    from .finetune import DEFAULT_LR
+
+    plain = results["config.classes"].map(lambda c: c is None)
+    sel = results[(results["config.model"] == model) & (results["config.dataset"] == dataset)
+                  & (results["config.batch_size"] == batch_size) & (results["config.train_limit"] == 0) & plain
+                  & ((results["config.energy"] - 0.7).abs() < 1e-9) & (results["config.calibration_batches"] == 100)
+                  & batch_compressed(results)]
+    return sel.assign(lr=sel["config.lr"].fillna(DEFAULT_LR) if "config.lr" in sel else DEFAULT_LR)
+
+
+def weight_norm_history(results, model: str = "mcunet-in2", dataset: str = "cifar100", batch_size: int = 4):
+    """Long form, one row per (run, trained layer, epoch) of the runs :func:`lr_table` covers that
+    recorded their weight norms: the result file, method, layers, lr, epochs (of the config), layer,
+    epoch (0: the pretrained weights) and ``ratio``, the layer's weight norm after that epoch over
+    its pretrained norm."""
+    import pandas as pd
+
+    cols = ["file", "method", "layers", "lr", "epochs", "layer", "epoch", "ratio"]
+    rows = []
+    sel = _runs_at_any_lr(results, model, dataset, batch_size) if len(results) else results
+    for _, run in sel.iterrows():
+        start, history = run.get("metrics.weight_norm_initial"), run["metrics.history"]
+        if not isinstance(start, dict) or not history or "weight_norm" not in history[-1]:
+            continue
+        for name, norm0 in start.items():
+            for epoch, norm in [(0, norm0)] + [(h["epoch"], h["weight_norm"][name]) for h in history
+                                               if "weight_norm" in h]:
+                rows.append({"file": run["file"], "method": run["config.method"], "layers": int(run["config.layers"]),
+                             "lr": float(run["lr"]), "epochs": int(run["config.epochs"]), "layer": name,
+                             "epoch": epoch, "ratio": norm / norm0})
+    return pd.DataFrame(rows, columns=cols)
+
+
 def lr_table(results, model: str = "mcunet-in2", dataset: str = "cifar100", batch_size: int = 4):
     """One row per (method, layers, learning rate, epochs) of the full runs of one model and
     batch size (the paper's settings otherwise: eps 0.7, 100 calibration batches, the batch mode
@@ -62,28 +99,21 @@ def lr_table(results, model: str = "mcunet-in2", dataset: str = "cifar100", batc
     have none)."""
     import pandas as pd
 
-    from .finetune import DEFAULT_LR
-
     cols = ["method", "layers", "lr", "epochs", "runs", "acc", "epoch-1 train acc", "largest norm growth",
             "layer"]
     if not len(results):
         return pd.DataFrame(columns=cols)
-    plain = results["config.classes"].map(lambda c: c is None)
-    sel = results[(results["config.model"] == model) & (results["config.dataset"] == dataset)
-                  & (results["config.batch_size"] == batch_size) & (results["config.train_limit"] == 0) & plain
-                  & ((results["config.energy"] - 0.7).abs() < 1e-9) & (results["config.calibration_batches"] == 100)
-                  & batch_compressed(results)]
-    sel = sel.assign(lr=sel["config.lr"].fillna(DEFAULT_LR) if "config.lr" in sel else DEFAULT_LR)
+    sel = _runs_at_any_lr(results, model, dataset, batch_size)
+    norms = weight_norm_history(results, model, dataset, batch_size)
+    last = norms[norms.epoch == norms.groupby("file").epoch.transform("max")].groupby(["method", "layers", "lr",
+                                                                                       "epochs"])
     rows = []
     for (method, layers, lr, epochs), grp in sel.groupby(["config.method", "config.layers", "lr", "config.epochs"]):
         growth, where = None, None
-        for _, run in grp.iterrows():
-            start, history = run.get("metrics.weight_norm_initial"), run["metrics.history"]
-            if not isinstance(start, dict) or not history or "weight_norm" not in history[-1]:
-                continue
-            for name, norm in history[-1]["weight_norm"].items():
-                if growth is None or norm / start[name] > growth:
-                    growth, where = norm / start[name], name
+        key = (method, int(layers), float(lr), int(epochs))
+        if key in last.groups:
+            top = last.get_group(key).sort_values("ratio").iloc[-1]
+            growth, where = float(top.ratio), top.layer
         rows.append({"method": method, "layers": int(layers), "lr": float(lr), "epochs": int(epochs), "runs": len(grp),
                      "acc": grp["metrics.accuracy"].mean(),
                      "epoch-1 train acc": grp["metrics.history"].map(lambda h: h[0]["train_acc"]).mean(),

@@ -235,6 +235,12 @@ def test_runs_at_another_learning_rate_have_a_table_of_their_own(tmp_path):
     assert growth[(0.01, "lance")] == (1.5, "x") and growth[(0.01, "bp")] == (pytest.approx(1.1), "x")
     assert math.isnan(growth[(0.05, "lance")][0]) or growth[(0.05, "lance")][0] is None
     assert tables.lr_table(results, batch_size=128).empty
+    # the norms epoch by epoch, for the figure: only the runs that recorded them, from the pretrained 1.0
+    norms = tables.weight_norm_history(results)
+    assert sorted(set(norms.file)) == ["b.json", "c.json"]
+    x = norms[(norms.file == "b.json") & (norms.layer == "x")]
+    assert list(zip(x.epoch, x.ratio)) == [(0, 1.0), (2, 1.5)] and (x.lr == 0.01).all()
+    assert tables.weight_norm_history(results, batch_size=128).empty
 
 
 def test_the_plan_does_not_count_a_run_at_another_learning_rate_as_the_papers(tmp_path):
