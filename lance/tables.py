@@ -9,7 +9,7 @@ from .paper import paper_finetuning
 from .results import RESULTS_DIR, load_results
 
 __all__ = ["finetune_results", "finetune_table", "batch_compressed", "paper_lr", "lr_table", "weight_norm_history",
-           "split_weights", "ablation_table",
+           "split_weights", "bp_lance_gap", "ablation_table",
            "continual_results", "continual_table", "memory_by_layer", "stored_activation_mb", "default_settings",
            "PAPER_MODEL_NAMES"]
 
@@ -206,6 +206,22 @@ def finetune_table(results, dataset: str = "cifar100", batch_size: int = 128, pa
         table = table.sort_values(["model", "layers", "method", "epochs"],
                                   key=lambda s: s.map(_METHOD_ORDER) if s.name == "method" else s)
     return table.reset_index(drop=True)
+
+
+def bp_lance_gap(table, by):
+    """BP's accuracy minus LANCE's, ours (``gap``) and the paper's (``gap (paper)``, NaN unless the
+    paper has both), for each group ``by`` (a list of columns) of a :func:`finetune_table`-like
+    table that has a BP and a LANCE row."""
+    import pandas as pd
+
+    rows = []
+    for key, grp in (table.groupby(list(by)) if len(table) else []):
+        g = grp.set_index("method")
+        if {"bp", "lance"} <= set(g.index):
+            paper = g.loc["bp", "acc (paper)"] - g.loc["lance", "acc (paper)"] if "acc (paper)" in g else float("nan")
+            rows.append({**dict(zip(by, key)), "gap": g.loc["bp", "acc"] - g.loc["lance", "acc"],
+                         "gap (paper)": float("nan") if pd.isna(paper) else float(paper)})
+    return pd.DataFrame(rows, columns=list(by) + ["gap", "gap (paper)"])
 
 
 def ablation_table(results, model: str = "mcunet-in2", dataset: str = "cifar100", layers: int = 2,

@@ -256,3 +256,25 @@ def test_the_plan_does_not_count_a_run_at_another_learning_rate_as_the_papers(tm
                                                     "provenance": {}})
     status = plan_status(tmp_path)
     assert status[status.group == "Tables 8-9: small batches"].done.sum() == 1
+
+
+def test_bp_lance_gap_subtracts_within_each_group_and_needs_both_papers_numbers():
+    import math
+
+    import pandas as pd
+
+    from lance import tables
+
+    table = pd.DataFrame([
+        {"model": "a", "layers": 2, "method": "bp", "acc": 60.0, "acc (paper)": 61.0},
+        {"model": "a", "layers": 2, "method": "lance", "acc": 55.5, "acc (paper)": 59.0},
+        {"model": "a", "layers": 4, "method": "bp", "acc": 62.0, "acc (paper)": None},
+        {"model": "a", "layers": 4, "method": "lance", "acc": 61.0, "acc (paper)": 60.0},
+        {"model": "b", "layers": 2, "method": "bp", "acc": 50.0, "acc (paper)": 50.0},  # no LANCE row: no gap
+        {"model": "b", "layers": 2, "method": "asi", "acc": 40.0, "acc (paper)": None},
+    ])
+    gaps = tables.bp_lance_gap(table, ["model", "layers"]).set_index(["model", "layers"])
+    assert list(gaps.index) == [("a", 2), ("a", 4)]
+    assert gaps.loc[("a", 2), "gap"] == pytest.approx(4.5) and gaps.loc[("a", 2), "gap (paper)"] == pytest.approx(2.0)
+    assert gaps.loc[("a", 4), "gap"] == pytest.approx(1.0) and math.isnan(gaps.loc[("a", 4), "gap (paper)"])
+    assert tables.bp_lance_gap(table.iloc[:0], ["model"]).empty
