@@ -258,7 +258,8 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
         key = {"version": 1, "model": cfg.model, "weights": weights_source, "resolution": resolution,
                "dataset": cfg.dataset, "split": name, "classes": cfg.classes, "n": len(subset.labels),
                "limit": cfg.train_limit if name == "train" else cfg.test_limit, "cut": split.cut,
-               "seed_subset": cfg.seed}
+               # the seed picks the subset only when there is a limit: every seed of a full run shares one cache
+               "seed_subset": cfg.seed if (cfg.train_limit if name == "train" else cfg.test_limit) else None}
         cache = FeatureCache(cache_root, key, len(subset.labels), flips)
         cache.build(image_fn(subset, resolution), split.prefix, progress=progress)
         caches[name] = (cache, cache.load(), subset.labels)
