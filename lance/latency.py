@@ -22,7 +22,7 @@ taken by a long job), torch's default of one thread per core makes every paralle
 wait for the contended core, and a step became 3-6 times slower and far noisier.
 
 Every single measurement is kept. ``format_latency`` prints medians with their interquartile
-range and the ratios to LANCE; ``summary``, ``ratios`` and ``plot_latency`` give the same as
+range and the ratios to LANCE; ``summary`` and ``ratios`` (and :func:`lance.book.figures.latency_figure`) give the same as
 tables and a figure. ``result_record`` turns a record into the form of the project's result
 files (``config`` / ``metrics`` / ``provenance``) and ``read_latency`` reads one back.
 """
@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from .errors import LanceError
 
 __all__ = ["LatencyConfig", "METHODS", "PHASES", "METHOD_LABELS", "run_latency", "format_latency", "summary", "ratios",
-           "ratio_ranges", "goal_lines", "plot_latency", "result_record", "read_latency", "load_latency"]
+           "ratio_ranges", "goal_lines", "result_record", "read_latency", "load_latency"]
 
 METHODS = ("bp", "hosvd", "asi", "lance")
 PHASES = ("forward", "backward", "total")
@@ -435,28 +435,3 @@ def goal_lines(record: dict) -> list[str]:
         out.append(f"goal, per-step HOSVD (bases by {solver}) at least 10x slower than LANCE: met at "
                    f"{int((total.hosvd >= 10).sum())} of {n} layer counts")
     return out
-
-
-def plot_latency(record: dict, log_scale: bool = True):
-    """The paper's Fig. 5: forward, backward and total time against the number of trainable
-    layers, one line per method (median, with the interquartile range as a band)."""
-    import matplotlib.pyplot as plt
-    from matplotlib import ticker
-
-    s = summary(record)
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), sharex=True)
-    for ax, phase in zip(axes, PHASES):
-        for i, m in enumerate(m for m in METHODS if m in set(s.method)):
-            d = s[(s.method == m) & (s.phase == phase)].sort_values("layers")
-            ax.plot(d.layers, d.median_ms, "o-", ms=3.5, lw=1.4, color=f"C{i}", label=METHOD_LABELS[m])
-            ax.fill_between(d.layers, d.q25_ms, d.q75_ms, color=f"C{i}", alpha=0.2, lw=0)
-        ax.set(title=phase, xlabel="trainable layers", yscale="log" if log_scale else "linear")
-        ax.set_xticks(sorted(set(s.layers)))
-        if log_scale:
-            ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-            ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-    axes[0].set_ylabel("time per step (ms)")
-    axes[-1].legend(fontsize=8)
-    fig.tight_layout()
-    return fig

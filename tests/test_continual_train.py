@@ -369,7 +369,7 @@ def test_split_miniimagenet_from_an_imagenet_root(tmp_path, monkeypatch):
 
 
 def test_continual_table_puts_published_numbers_beside_ours(tmp_path):
-    from lance import tables
+    from lance.book import tables
     from lance.results import write_result
 
     def record(method, acc, bwt, energy=0.9, tasks=0, benchmark="split_cifar100", skipped=(), threshold=0.97):

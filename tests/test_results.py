@@ -52,7 +52,7 @@ def test_load_results_flattens(tmp_path):
 def test_finetune_table_separates_settings_and_puts_the_papers_numbers_beside(tmp_path):
     import pandas as pd
 
-    from lance import tables
+    from lance.book import tables
 
     def record(method, layers, acc, epochs=50, seed=42, classes=None, batch_size=128, train_limit=0, energy=0.7,
                n_cal=100):
@@ -140,7 +140,7 @@ def test_sweep_builds_every_configuration_and_skips_finished_ones(tmp_path, monk
 
 
 def test_ablation_table_pairs_each_lance_setting_with_bp_of_the_same_length(tmp_path):
-    from lance import tables
+    from lance.book import tables
 
     def record(method, acc, energy=0.7, n_cal=100, epochs=10, layers=2, mb=1.0):
         cfg = {"model": "mcunet-in2", "dataset": "cifar100", "method": method, "layers": layers, "energy": energy,
@@ -169,7 +169,7 @@ def test_split_weights_names_the_pretraining_of_each_run(tmp_path):
     the latest pretraining of the same file that started before it, never a later one."""
     import pandas as pd
 
-    from lance import tables
+    from lance.book import tables
 
     old, new = "11" * 32, "22" * 32
     pre = pd.DataFrame([
@@ -204,7 +204,7 @@ def test_runs_at_another_learning_rate_have_a_table_of_their_own(tmp_path):
     side with the first epoch's training accuracy and how far the weights moved."""
     import math
 
-    from lance import tables
+    from lance.book import tables
 
     def record(method, layers, acc, lr=None, norms=None):
         cfg = {"model": "mcunet-in2", "dataset": "cifar100", "method": method, "layers": layers, "energy": 0.7,
@@ -263,7 +263,7 @@ def test_bp_lance_gap_subtracts_within_each_group_and_needs_both_papers_numbers(
 
     import pandas as pd
 
-    from lance import tables
+    from lance.book import tables
 
     table = pd.DataFrame([
         {"model": "a", "layers": 2, "method": "bp", "acc": 60.0, "acc (paper)": 61.0},

@@ -1,4 +1,5 @@
-"""Figures of the book, as functions (the notebooks call them; no logic lives in cells)."""
+"""Figures of the book, as functions (the notebooks call them; no logic lives in cells). Their
+style is :func:`lance.book.render.style`."""
 
 from __future__ import annotations
 
@@ -7,14 +8,9 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["image_grid", "energy_curves", "style", "accuracy_matrix"]
+from .render import legend_below
 
-
-def style() -> None:
-    """The book's plotting style."""
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid", context="notebook", palette="colorblind")
+__all__ = ["image_grid", "energy_curves", "accuracy_matrix", "latency_figure"]
 
 
 def image_grid(images: Tensor, titles: Optional[Sequence[str]] = None, columns: int = 10):
@@ -38,7 +34,7 @@ def energy_curves(spectra: Sequence[Optional[Tensor]], labels: Sequence[str], en
     threshold ``energy`` and the rank Eq. 3 picks marked."""
     import matplotlib.pyplot as plt
 
-    from .hosvd import energy_rank
+    from ..hosvd import energy_rank
 
     shown = [(lab, s) for lab, s in zip(labels, spectra) if s is not None]
     fig, axes = plt.subplots(2, len(shown), figsize=(3.2 * len(shown), 5.2), squeeze=False)
@@ -80,3 +76,30 @@ def accuracy_matrix(matrix, title: str = "", ax=None, task_names: Optional[Seque
     ax.set_title(title)
     ax.grid(False)
     return ax
+
+
+def latency_figure(record: dict, log_scale: bool = True):
+    """The paper's Fig. 5: forward, backward and total time against the number of trainable
+    layers, one line per method (median, with the interquartile range as a band)."""
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    from ..latency import METHOD_LABELS, METHODS, PHASES, summary
+
+    s = summary(record)
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), sharex=True)
+    for ax, phase in zip(axes, PHASES):
+        for i, m in enumerate(m for m in METHODS if m in set(s.method)):
+            d = s[(s.method == m) & (s.phase == phase)].sort_values("layers")
+            ax.plot(d.layers, d.median_ms, "o-", ms=3.5, lw=1.4, color=f"C{i}", label=METHOD_LABELS[m])
+            ax.fill_between(d.layers, d.q25_ms, d.q75_ms, color=f"C{i}", alpha=0.2, lw=0)
+        ax.set(title=phase, xlabel="trainable layers", yscale="log" if log_scale else "linear")
+        ax.set_xticks(sorted(set(s.layers)))
+        if log_scale:
+            ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    axes[0].set_ylabel("time per step (ms)")
+    fig.tight_layout()
+    legend_below(fig, axes, ncol=4)
+    return fig

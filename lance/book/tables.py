@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from .paper import paper_finetuning
-from .results import RESULTS_DIR, load_results
+from ..paper import paper_finetuning
+from ..results import RESULTS_DIR, load_results
 
 __all__ = ["finetune_results", "finetune_table", "batch_compressed", "paper_lr", "lr_table", "weight_norm_history",
            "split_weights", "bp_lance_gap", "ablation_table",
@@ -46,7 +46,7 @@ def paper_lr(results):
     all were). Runs at other rates are their own experiment (:func:`lr_table`)."""
     import pandas as pd
 
-    from .finetune import DEFAULT_LR
+    from ..finetune import DEFAULT_LR
 
     if "config.lr" not in results:
         return pd.Series(True, index=results.index)
@@ -57,7 +57,7 @@ def _runs_at_any_lr(results, model: str, dataset: str, batch_size: int):
     """The full runs of one model, dataset and batch size at the paper's other settings (eps 0.7,
     100 calibration batches, the batch mode projected), whatever their learning rate, with an
     ``lr`` column (0.05 for files written before the rate was recorded)."""
-    from .finetune import DEFAULT_LR
+    from ..finetune import DEFAULT_LR
 
     plain = results["config.classes"].map(lambda c: c is None)
     sel = results[(results["config.model"] == model) & (results["config.dataset"] == dataset)
@@ -272,7 +272,7 @@ def stored_activation_mb(run) -> float:
     row of :func:`continual_results`."""
     from math import prod
 
-    from .errors import LanceError
+    from ..errors import LanceError
 
     if run["config.method"] != "lance":
         return float(run["metrics.activation_mb"])
@@ -287,7 +287,7 @@ def stored_activation_mb(run) -> float:
 def default_settings(full):
     """True for runs in the benchmark's default setting: LANCE at the default energy, the
     memory threshold(s) of the benchmark's defaults."""
-    from .cl_train import ContinualConfig, benchmark_defaults
+    from ..cl_train import ContinualConfig, benchmark_defaults
 
     flags = []
     for _, run in full.iterrows():
@@ -312,7 +312,7 @@ def continual_table(results):
     the first tasks only (``config.tasks``) are left out."""
     import pandas as pd
 
-    from .paper import paper_continual
+    from ..paper import paper_continual
 
     paper = paper_continual()
     rows = []
