@@ -18,6 +18,15 @@ def _cmd_status_page(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_glance(args: argparse.Namespace) -> int:
+    from .book.glance import glance_markdown
+    from .provenance import write_text_atomic
+
+    write_text_atomic(args.out, glance_markdown())
+    print(f"results at a glance: {args.out}")
+    return 0
+
+
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     import json
 
@@ -269,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("executed_dir", type=Path, help="directory of notebooks executed by papermill")
     p.add_argument("out", type=Path, help="MyST markdown file to write (atomically)")
     p.set_defaults(func=_cmd_status_page)
+
+    p = commands.add_parser("glance", help="write the front page's 'results at a glance' table from the result files")
+    p.add_argument("out", type=Path, help="MyST markdown file to write (atomically); the intro includes it")
+    p.set_defaults(func=_cmd_glance)
 
     p = commands.add_parser(
         "benchmark",

@@ -9,7 +9,7 @@ from ..paper import paper_finetuning
 from ..results import RESULTS_DIR, load_results
 
 __all__ = ["finetune_results", "finetune_table", "batch_compressed", "paper_lr", "lr_table", "weight_norm_history",
-           "split_weights", "bp_lance_gap", "ablation_table",
+           "split_weights", "bp_lance_gap", "memory_ratios", "ablation_table", "continual_main",
            "continual_results", "continual_table", "memory_by_layer", "stored_activation_mb", "default_settings",
            "PAPER_MODEL_NAMES"]
 
@@ -224,6 +224,25 @@ def bp_lance_gap(table, by):
     return pd.DataFrame(rows, columns=list(by) + ["gap", "gap (paper)"])
 
 
+def memory_ratios(table):
+    """BP's activation memory over LANCE's, for each (model, layers, epochs) of a
+    :func:`finetune_table` that has both: as counted, as measured on the first batch, and the
+    paper's (NaN where the paper has no LANCE figure)."""
+    import pandas as pd
+
+    cols = ["model", "layers", "epochs", "BP / LANCE × (counted)", "BP / LANCE × (measured)", "BP / LANCE × (paper)"]
+    rows = []
+    for (model, layers, epochs), grp in (table.groupby(["model", "layers", "epochs"]) if len(table) else []):
+        by = grp.set_index("method")
+        if {"bp", "lance"} <= set(by.index):
+            paper = by.loc["bp", "MB (paper)"] / by.loc["lance", "MB (paper)"] if "MB (paper)" in by else float("nan")
+            rows.append({"model": model, "layers": int(layers), "epochs": int(epochs),
+                         cols[3]: by.loc["bp", "MB"] / by.loc["lance", "MB"],
+                         cols[4]: by.loc["bp", "MB measured"] / by.loc["lance", "MB measured"],
+                         cols[5]: float("nan") if pd.isna(paper) else float(paper)})
+    return pd.DataFrame(rows, columns=cols)
+
+
 def ablation_table(results, model: str = "mcunet-in2", dataset: str = "cifar100", layers: int = 2,
                    batch_size: int = 128):
     """LANCE's accuracy and memory for each (energy, calibration batches, epochs) that was run
@@ -373,3 +392,13 @@ def memory_by_layer(results, benchmark: str = "split_cifar100"):
                 rows.append({"method": run["config.method"], "layer": layer,
                              "n": n, "k": k, "MiB": n * k * 4 / 2 ** 20})
     return pd.DataFrame(rows)
+
+
+def continual_main(every):
+    """The rows of :func:`continual_table` in each benchmark's default setting, one per
+    (benchmark, method, training images per task): the run with the largest epoch budget."""
+    if not len(every):
+        return every
+    full = every[every["default"]].drop(columns="default")
+    return (full.sort_values("epochs (max/task)", ascending=False, kind="stable")
+            .drop_duplicates(["benchmark", "method", "train images/task"]).sort_index().reset_index(drop=True))
