@@ -17,7 +17,8 @@ def test_significant_gives_three_figures(value, expected):
 
 @pytest.mark.parametrize("value, column, expected", [
     (64.58052, "acc", "64.58"), (52.47, "acc (paper)", "52.47"), (-1.234, "BWT", "-1.23"),
-    (0.0336494, "MB", "0.0336"), (11.71875, "MB (paper)", "11.7"), (0.001212, "TFLOPs/iter", "0.00121"),
+    (0.0336494, "MB", "0.0336"), (11.71, "MB (paper)", "11.71"), (0.05, "paper's MB", "0.05"),
+    (0.7, "energy", "0.7"), (0.001212, "TFLOPs/iter", "0.00121"),
     (130.2, "BP / LANCE ×", "130.2×"), (50, "epochs", "50"), (None, "acc", MISSING),
     (float("nan"), "MB", MISSING), (math.nan, "layer", MISSING), ("", "layer", MISSING), (True, "default", "yes"),
     ("a|b", "name", "a\\|b"), ([32, 8, 1, 1], "ranks", "32 × 8 × 1 × 1")])
@@ -33,8 +34,8 @@ def test_table_is_numbered_captioned_and_moves_constant_columns_to_the_caption()
     table = pd.DataFrame({"model": ["mcunet-in2", "mcunet-in2"], "method": ["bp", "lance"],
                           "acc": [64.58052, 59.53], "acc (paper)": [52.47, None], "epochs": [50, 50]})
     text = markdown_table(table, "Our runs beside the paper's.", "tbl-x", keep=["model"])
-    assert text.startswith("```{table} Our runs beside the paper's. In every row: epochs: 50.")
-    assert ":name: tbl-x" in text and text.endswith("```")
+    assert text.startswith("~~~{table} Our runs beside the paper's. In every row: epochs: 50.")
+    assert ":name: tbl-x" in text and text.endswith("~~~")
     header, rule, *body = _rows(text)
     assert header == "| model | method | acc | acc (paper) |"  # epochs went into the caption, model was kept
     assert rule == "|:--|:--|--:|--:|"

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .render import legend_below
 
-__all__ = ["image_grid", "energy_curves", "accuracy_matrix", "latency_figure"]
+__all__ = ["image_grid", "energy_curves", "accuracy_matrix", "latency_figure", "tradeoff_figure"]
 
 
 def image_grid(images: Tensor, titles: Optional[Sequence[str]] = None, columns: int = 10):
@@ -102,4 +102,35 @@ def latency_figure(record: dict, log_scale: bool = True):
     axes[0].set_ylabel("time per step (ms)")
     fig.tight_layout()
     legend_below(fig, axes, ncol=4)
+    return fig
+
+
+def tradeoff_figure(table):
+    """Accuracy against activation memory for the rows of a fine-tuning table
+    (:func:`lance.book.tables.finetune_table`): colour for the method, marker for the model;
+    ours filled, the paper's hollow."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from .render import METHOD_NAMES
+    from .tables import PAPER_MODEL_NAMES
+
+    methods = [m for m in ("bp", "hosvd", "asi", "lance") if len(table) and m in set(table.method)]
+    models = sorted(set(table.model)) if len(table) else []
+    colour = {m: f"C{i}" for i, m in enumerate(methods)}
+    marker = dict(zip(models, "osD^v"))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for _, r in table.iterrows() if len(table) else []:
+        ax.scatter(r["MB"], r["acc"], color=colour[r.method], marker=marker[r.model], s=40)
+        if r["MB (paper)"] == r["MB (paper)"] and r["MB (paper)"] is not None:
+            ax.scatter(r["MB (paper)"], r["acc (paper)"], facecolors="none", edgecolors=colour[r.method],
+                       marker=marker[r.model], s=40, linewidths=1.3)
+    ax.set(xscale="log", xlabel="activation memory of the trained layers (MiB, log scale)",
+           ylabel="top-1 accuracy (%)")
+    handles = [Line2D([], [], ls="", marker="s", color=colour[m], label=METHOD_NAMES[m]) for m in methods]
+    handles += [Line2D([], [], ls="", marker=marker[m], color="0.3", label=PAPER_MODEL_NAMES.get(m, m)) for m in models]
+    handles += [Line2D([], [], ls="", marker="o", color="0.3", label="ours"),
+                Line2D([], [], ls="", marker="o", markerfacecolor="none", color="0.3", label="the paper's")]
+    fig.tight_layout()
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, frameon=False)
     return fig

@@ -18,7 +18,7 @@ import math
 from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 __all__ = ["MISSING", "format_value", "markdown_table", "glue_table", "glue_figure", "glue_text", "style",
-           "legend_below", "join_phrases"]
+           "legend_below", "join_phrases", "readable", "METHOD_NAMES", "COLUMN_NAMES"]
 
 #: what a table shows where a value is missing
 MISSING = "—"
@@ -45,16 +45,23 @@ def significant(value: float, digits: int = 3) -> str:
     return f"{value:.{decimals}f}"
 
 
+def _as_printed(value: float) -> str:
+    """A number from the paper's tables, with the digits it was printed with."""
+    return f"{value:g}"
+
+
 def _rule(column: str) -> Formatter:
     """The format of a column, from its name (units are in the headers)."""
     low = column.lower()
-    if any(k in low for k in ("acc", "bwt", "%", "gap")):
+    if any(k in low for k in ("acc", "bwt", "%", "gap", "points")):
         return "{:.2f}"
-    if any(k in low for k in ("mib", " mb", "mb ", "tflops", "seconds", "hours")) or low in ("mb", "mib"):
-        return significant
     if "×" in column or "ratio" in low:
         return lambda v: f"{v:.1f}×"
-    return significant
+    if "paper" in low or "published" in low:
+        return _as_printed
+    if any(k in low for k in ("mib", " mb", "mb ", "tflops", "seconds", "hours")) or low in ("mb", "mib"):
+        return significant
+    return lambda v: f"{v:.4g}"
 
 
 def format_value(value, column: str = "", fmt: Optional[Formatter] = None) -> str:
@@ -75,6 +82,44 @@ def format_value(value, column: str = "", fmt: Optional[Formatter] = None) -> st
     if isinstance(value, float) and value.is_integer() and fmt is significant and abs(value) < 1e6:
         return str(int(value))
     return fmt.format(value) if isinstance(fmt, str) else fmt(value)
+
+
+#: how the book names the methods
+METHOD_NAMES = {"bp": "BP", "hosvd": "HOSVD", "asi": "ASI", "lance": "LANCE", "gpm": "GPM", "finetune": "fine-tuning",
+                "multitask": "multitask"}
+
+#: the book's column headers (with their units) for the columns of :mod:`lance.book.tables`
+COLUMN_NAMES = {"acc": "acc %", "acc (paper)": "paper's acc %", "MB": "MiB", "MB measured": "MiB measured",
+                "MB (paper)": "paper's MB", "TFLOPs/iter": "TFLOPs / iter", "TFLOPs (paper)": "paper's TFLOPs",
+                "gap": "BP − LANCE, points", "gap (paper)": "paper's BP − LANCE", "epoch-1 train acc": "epoch-1 train acc %",
+                "largest norm growth": "largest norm growth ×", "pretraining acc": "pretraining acc %",
+                "BP acc": "BP acc %", "BP MB": "BP MiB"}
+
+
+def short_layer(name: str) -> str:
+    """A layer's name without the wrapper parts: ``blocks.17.mobile_inverted_conv.depth_conv.conv`` ->
+    ``blocks.17 depth_conv``."""
+    if not isinstance(name, str):
+        return name
+    parts = [p for p in name.split(".") if p != "mobile_inverted_conv"]
+    if len(parts) > 1 and parts[-1] == "conv" and parts[-2].endswith("_conv"):  # MCUNet's wrapper
+        parts = parts[:-1]
+    return ".".join(parts[:2]) + (" " + ".".join(parts[2:]) if len(parts) > 2 else "")
+
+
+def readable(table, columns: Optional[Mapping[str, str]] = None):
+    """A table of :mod:`lance.book.tables` with the book's names: the paper's model and method
+    names, short layer names and headers with units (:data:`COLUMN_NAMES`, then ``columns``)."""
+    from .tables import PAPER_MODEL_NAMES
+
+    out = table.copy()
+    if "model" in out:
+        out["model"] = out["model"].map(lambda m: PAPER_MODEL_NAMES.get(m, m))
+    if "method" in out:
+        out["method"] = out["method"].map(lambda m: METHOD_NAMES.get(m, m))
+    if "layer" in out:
+        out["layer"] = out["layer"].map(short_layer)
+    return out.rename(columns={**COLUMN_NAMES, **dict(columns or {})})
 
 
 def _constant_columns(table, keep: Iterable[str]) -> list[str]:
@@ -111,34 +156,30 @@ def markdown_table(table, caption: str, name: str, *, formats: Optional[Mapping[
         text += (" " if text.endswith(".") else ". ") + "In every row: " + "; ".join(said) + "."
     numeric = {c: all(isinstance(v, (int, float)) and not isinstance(v, bool) or _missing(v) for v in table[c])
                for c in shown}
-    lines = [f"```{{table}} {text}", f":name: {name}", ":align: left", ""]
+    # a tilde fence: a backtick fence may not have backticks (`code`) in its caption line
+    lines = [f"~~~{{table}} {text}", f":name: {name}", ":align: left", ""]
     lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in shown) + " |")
     lines.append("|" + "|".join("--:" if numeric[c] else ":--" for c in shown) + "|")
     for _, row in table.iterrows():
         lines.append("| " + " | ".join(format_value(row[c], c, formats.get(c)) for c in shown) + " |")
-    lines.append("```")
+    lines.append("~~~")
     return "\n".join(lines)
 
 
-def glue_table(name: str, table, caption: str, **options) -> str:
+def glue_table(name: str, table, caption: str, **options) -> None:
     """Glue ``table`` as a numbered table (see :func:`markdown_table`); a markdown cell shows it
-    with ``{glue:md}`` and ``:format: myst``, and refers to it as ``{numref}`name```. Returns the
-    markdown."""
+    with ``{glue:md}`` and ``:format: myst``, and refers to it as ``{numref}`name```."""
     from IPython.display import Markdown
     from myst_nb import glue
 
-    text = markdown_table(table, caption, name, **options)
-    glue(name, Markdown(text), display=False)
-    return text
+    glue(name, Markdown(markdown_table(table, caption, name, **options)), display=False)
 
 
-def glue_text(name: str, value) -> str:
+def glue_text(name: str, value) -> None:
     """Glue a number or a short phrase for ``{glue:text}`` in the prose (no output in the cell)."""
     from myst_nb import glue
 
-    text = value if isinstance(value, str) else format_value(value, name)
-    glue(name, text, display=False)
-    return text
+    glue(name, value if isinstance(value, str) else format_value(value, name), display=False)
 
 
 def glue_figure(name: str, fig) -> None:

@@ -9,7 +9,7 @@ from ..paper import paper_finetuning
 from ..results import RESULTS_DIR, load_results
 
 __all__ = ["finetune_results", "finetune_table", "batch_compressed", "paper_lr", "lr_table", "weight_norm_history",
-           "split_weights", "bp_lance_gap", "memory_ratios", "ablation_table", "continual_main",
+           "split_weights", "bp_lance_gap", "memory_ratios", "paper_setting", "batch_mode_table", "lr_gaps", "ablation_table", "continual_main",
            "continual_results", "continual_table", "memory_by_layer", "stored_activation_mb", "default_settings",
            "PAPER_MODEL_NAMES"]
 
@@ -53,17 +53,32 @@ def paper_lr(results):
     return (results["config.lr"].fillna(DEFAULT_LR) - DEFAULT_LR).abs() < 1e-12
 
 
+def paper_setting(results, dataset: str = "cifar100", batch_size: int = 128, classes=None, energy: float = 0.7,
+                  calibration_batches: int = 100, any_lr: bool = False, compress_batch: bool = True):
+    """True for the runs of ``results`` in the paper's fine-tuning setting: the whole training
+    set of ``dataset`` (or the split protocol's ``classes`` ``[first, end)``), ``batch_size``,
+    energy threshold ``energy``, ``calibration_batches``, the batch mode projected
+    (``compress_batch``) and the paper's learning rate (unless ``any_lr``). The tables, the
+    front page and the chapters select runs with this one function."""
+    wanted = None if classes is None else list(classes)
+    same_classes = results["config.classes"].map(lambda c: (None if c is None else list(c)) == wanted)
+    projected = batch_compressed(results)
+    mask = ((results["config.dataset"] == dataset) & (results["config.batch_size"] == batch_size)
+            & (results["config.train_limit"] == 0) & same_classes
+            & ((results["config.energy"] - energy).abs() < 1e-9)
+            & (results["config.calibration_batches"] == calibration_batches)
+            & (projected if compress_batch else ~projected))
+    return mask if any_lr else mask & paper_lr(results)
+
+
 def _runs_at_any_lr(results, model: str, dataset: str, batch_size: int):
     """The full runs of one model, dataset and batch size at the paper's other settings (eps 0.7,
     100 calibration batches, the batch mode projected), whatever their learning rate, with an
     ``lr`` column (0.05 for files written before the rate was recorded)."""
     from ..finetune import DEFAULT_LR
 
-    plain = results["config.classes"].map(lambda c: c is None)
-    sel = results[(results["config.model"] == model) & (results["config.dataset"] == dataset)
-                  & (results["config.batch_size"] == batch_size) & (results["config.train_limit"] == 0) & plain
-                  & ((results["config.energy"] - 0.7).abs() < 1e-9) & (results["config.calibration_batches"] == 100)
-                  & batch_compressed(results)]
+    sel = results[(results["config.model"] == model)
+                  & paper_setting(results, dataset=dataset, batch_size=batch_size, any_lr=True)]
     return sel.assign(lr=sel["config.lr"].fillna(DEFAULT_LR) if "config.lr" in sel else DEFAULT_LR)
 
 
@@ -180,15 +195,10 @@ def finetune_table(results, dataset: str = "cifar100", batch_size: int = 128, pa
     paper = paper_finetuning()
     paper = paper[(paper.table == paper_table) & (paper.dataset == (paper_dataset or dataset))
                   & (paper.batch_size == batch_size)]
-    wanted = None if classes is None else list(classes)
     rows = []
     if len(results):
-        same_classes = results["config.classes"].map(lambda c: (None if c is None else list(c)) == wanted)
-        sel = results[(results["config.dataset"] == dataset) & (results["config.batch_size"] == batch_size)
-                      & (results["config.train_limit"] == 0) & same_classes
-                      & ((results["config.energy"] - energy).abs() < 1e-9)
-                      & (results["config.calibration_batches"] == calibration_batches)
-                      & batch_compressed(results) & paper_lr(results)]
+        sel = results[paper_setting(results, dataset=dataset, batch_size=batch_size, classes=classes, energy=energy,
+                                    calibration_batches=calibration_batches)]
         keys = ["config.model", "config.method", "config.layers", "config.epochs"]
         for (model, method, layers, epochs), grp in sel.groupby(keys):
             p = paper[(paper.model == PAPER_MODEL_NAMES.get(model, model)) & (paper.method == method)
@@ -206,6 +216,51 @@ def finetune_table(results, dataset: str = "cifar100", batch_size: int = 128, pa
         table = table.sort_values(["model", "layers", "method", "epochs"],
                                   key=lambda s: s.map(_METHOD_ORDER) if s.name == "method" else s)
     return table.reset_index(drop=True)
+
+
+def batch_mode_table(results, model: str = "mcunet-in2", dataset: str = "cifar100", batch_size: int = 4):
+    """LANCE with the batch mode projected (the paper's setting) against LANCE with it left
+    whole, per number of layers, at ``batch_size`` and otherwise the paper's setting: accuracy and
+    MiB of each, and the difference (whole minus projected, in points)."""
+    import pandas as pd
+
+    cols = ["layers", "epochs", "acc (projected)", "acc (whole)", "difference, points", "MiB (projected)", "MiB (whole)"]
+    if not len(results):
+        return pd.DataFrame(columns=cols)
+    lance = (results["config.model"] == model) & (results["config.method"] == "lance")
+    kinds = {flag: results[lance & paper_setting(results, dataset=dataset, batch_size=batch_size, compress_batch=flag)]
+             for flag in (True, False)}
+    rows = []
+    for (layers, epochs), whole in kinds[False].groupby(["config.layers", "config.epochs"]):
+        projected = kinds[True][(kinds[True]["config.layers"] == layers) & (kinds[True]["config.epochs"] == epochs)]
+        if not len(projected):
+            continue
+        a, b = projected["metrics.accuracy"].mean(), whole["metrics.accuracy"].mean()
+        rows.append({"layers": int(layers), "epochs": int(epochs), "acc (projected)": a, "acc (whole)": b,
+                     "difference, points": b - a, "MiB (projected)": projected["metrics.activation_mb"].mean(),
+                     "MiB (whole)": whole["metrics.activation_mb"].mean()})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def lr_gaps(lr_runs, paper_table):
+    """BP's accuracy minus LANCE's at each learning rate, per (batch, layers) of an
+    :func:`lr_table` with a ``batch`` column, beside the paper's gap from ``paper_table`` (a
+    :func:`finetune_table` with a ``batch`` column: the paper prints no rate for it)."""
+    import pandas as pd
+
+    rates = sorted(set(lr_runs.lr), reverse=True) if len(lr_runs) else []
+    cols = ["batch", "layers"] + [f"gap at lr {lr:g}" for lr in rates] + ["gap (paper)"]
+    paper = {(r["batch"], r["layers"]): r["gap (paper)"]
+             for r in bp_lance_gap(paper_table, ["batch", "layers"]).to_dict("records")}
+    rows = []
+    for (batch, layers), grp in (lr_runs.groupby(["batch", "layers"]) if len(lr_runs) else []):
+        row = {"batch": int(batch), "layers": int(layers)}
+        for lr in rates:
+            gap = bp_lance_gap(grp[grp.lr == lr], ["layers"])
+            row[f"gap at lr {lr:g}"] = float(gap.gap.iloc[0]) if len(gap) else float("nan")
+        row["gap (paper)"] = paper.get((batch, layers), float("nan"))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=cols)
 
 
 def bp_lance_gap(table, by):
