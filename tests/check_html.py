@@ -133,6 +133,12 @@ PAGE_CHECK_JS = r"""
     return !!(el.offsetWidth || el.offsetHeight || el.getClientRects().length);
   };
   const short = s => s.length > 90 ? s.slice(0, 60) + '...' + s.slice(-20) : s;
+  // where an element is: the heading of its section, so that a reader can find it
+  const where = el => {
+    const sec = el.closest('section');
+    const h = sec && sec.querySelector('h1, h2, h3, h4');
+    return h ? ` in section "${h.textContent.replace(/[#\u00b6]\s*$/, '').trim().slice(0, 50)}"` : '';
+  };
 
   // broken images, anywhere on the page
   for (const img of document.images) {
@@ -154,9 +160,12 @@ PAGE_CHECK_JS = r"""
     if (!img.naturalWidth || !visible(img)) continue;
     const key = await digest(img);
     const src = img.getAttribute('src') || '';
-    if (seen.has(key)) add('duplicate image', `the same image is shown twice: ${short(seen.get(key))}` +
-                           (seen.get(key) === src ? '' : ` and ${short(src)}`));
-    else seen.set(key, src);
+    if (seen.has(key)) {
+      const [first, firstWhere] = seen.get(key);
+      add('duplicate image', `the same image is shown twice${firstWhere}` +
+          (firstWhere === where(img) ? '' : ` and${where(img)}`) +
+          `: ${short(first)}` + (first === src ? '' : ` and ${short(src)}`));
+    } else seen.set(key, [src, where(img)]);
   }
 
   // visible prose text of the article: code blocks, math and scripts excluded
@@ -179,9 +188,12 @@ PAGE_CHECK_JS = r"""
     const cells = [...table.querySelectorAll('td, th')].filter(c => bad.has(c.textContent.trim()));
     if (!cells.length) return;
     const c = cells[0], row = c.parentElement;
-    const head = row.querySelector('th') ? row.querySelector('th').textContent.trim() : '';
-    add('NaN/None in table', `table ${ti + 1}: ${cells.length} cell(s) read ` +
-        `${JSON.stringify(c.textContent.trim())}, first in row ${JSON.stringify(head.slice(0, 40))}`);
+    const rowHead = row.querySelector('th') ? row.querySelector('th').textContent.trim() : '';
+    const heads = table.tHead && table.tHead.rows.length ? table.tHead.rows[table.tHead.rows.length - 1] : null;
+    const colHead = heads && heads.cells[c.cellIndex] ? heads.cells[c.cellIndex].textContent.trim() : '';
+    add('NaN/None in table', `table ${ti + 1}${where(table)}: ${cells.length} cell(s) read ` +
+        `${JSON.stringify(c.textContent.trim())}, the first in row ${JSON.stringify(rowHead.slice(0, 30))}` +
+        `, column ${JSON.stringify(colHead.slice(0, 30))}`);
   });
 
   // tables wider than the article column
@@ -191,7 +203,7 @@ PAGE_CHECK_JS = r"""
     const w = Math.max(table.scrollWidth, Math.ceil(table.getBoundingClientRect().width));
     if (w > column + 1) {
       const cap = table.querySelector('caption');
-      add('wide table', `table ${ti + 1}${cap ? ' (' + cap.textContent.trim().slice(0, 40) + ')' : ''}` +
+      add('wide table', `table ${ti + 1}${cap ? ' (' + cap.textContent.trim().slice(0, 40) + ')' : ''}${where(table)}` +
           ` is ${w} px wide, the article column ${column} px`);
     }
   });

@@ -52,3 +52,9 @@ def test_a_single_row_keeps_every_column_and_an_empty_table_says_what_to_run():
 def test_join_phrases():
     assert render.join_phrases(["a"]) == "a"
     assert render.join_phrases(["a", "", "b", "c"]) == "a, b and c"
+
+
+def test_integer_columns_keep_their_format_beside_float_columns():
+    table = pd.DataFrame({"task": [1, 2], "acc": [65.9, 56.0]})
+    text = markdown_table(table, "C", "tbl-t", formats={"task": "{:d}"}, constant_to_caption=False)
+    assert _rows(text)[2:] == ["| 1 | 65.90 |", "| 2 | 56.00 |"]

@@ -10,7 +10,9 @@ from torch import Tensor
 
 from .render import legend_below
 
-__all__ = ["image_grid", "energy_curves", "accuracy_matrix", "latency_figure", "tradeoff_figure"]
+__all__ = ["image_grid", "energy_curves", "accuracy_matrix", "accuracy_matrices", "latency_figure", "tradeoff_figure",
+           "subspace_figure", "sweep_figure", "fidelity_figure", "angle_figure", "history_figure",
+           "position_energy_figure"]
 
 
 def image_grid(images: Tensor, titles: Optional[Sequence[str]] = None, columns: int = 10):
@@ -133,4 +135,149 @@ def tradeoff_figure(table):
                 Line2D([], [], ls="", marker="o", markerfacecolor="none", color="0.3", label="the paper's")]
     fig.tight_layout()
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, frameon=False)
+    return fig
+
+
+def accuracy_matrices(matrices: dict, annotate: bool = True, columns: int = 2):
+    """One heat map per method (``matrices``: method -> accuracy matrix), sharing one colour
+    scale and one colour bar; numbers in the cells only when ``annotate`` (small matrices)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .render import METHOD_NAMES
+
+    names = list(matrices)
+    columns = min(columns, len(names)) or 1
+    rows = (len(names) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns + 0.8, 3.9 * rows), squeeze=False)
+    image = None
+    for ax, name in zip(axes.flat, names):
+        r = np.asarray(matrices[name], dtype=float)
+        shown = np.where(np.triu(np.ones_like(r, dtype=bool), k=1), np.nan, r) if r.shape[0] == r.shape[1] else r
+        image = ax.imshow(shown, vmin=0, vmax=100, cmap="viridis")
+        if annotate:
+            for (i, j), v in np.ndenumerate(shown):
+                if v == v:
+                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=10,
+                            color="white" if v < 60 else "black")
+        ax.set(title=METHOD_NAMES.get(name, name), xlabel="task tested", ylabel="after training task")
+        ax.set_xticks(range(r.shape[1]), [str(i + 1) for i in range(r.shape[1])])
+        ax.set_yticks(range(r.shape[0]), [str(i + 1) for i in range(r.shape[0])])
+        ax.grid(False)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), label="test accuracy (%)", shrink=0.8)
+    return fig
+
+
+def subspace_figure(first, second, memory, factor, seed: int = 0):
+    """The first layer's input as colour vectors (a sample of pixels) of two tasks, with the
+    memory grown from task 1 (red) and the factor calibrated for task 2 in its null space (blue)."""
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(10, 4.4))
+    for k, (x, title) in enumerate([(first, "task 1"), (second, "task 2")]):
+        ax = fig.add_subplot(1, 2, k + 1, projection="3d")
+        pixels = x.permute(0, 2, 3, 1).reshape(-1, 3)
+        pts = pixels[torch.randperm(len(pixels), generator=torch.Generator().manual_seed(seed))[:1500]]
+        ax.scatter(*pts.t().numpy(), s=2, alpha=0.25, color="grey")
+        scale = float(pts.norm(dim=1).quantile(0.95))
+        for j in range(memory.shape[1]):
+            ax.quiver(0, 0, 0, *(scale * memory[:, j]).tolist(), color="C3", linewidth=2.5,
+                      label="memory M" if j == 0 else None)
+        if k == 1:
+            for j in range(factor.shape[1]):
+                ax.quiver(0, 0, 0, *(scale * factor[:, j]).tolist(), color="C0", linewidth=2.5,
+                          label="task-2 feature factor" if j == 0 else None)
+        ax.set(xlabel="R", ylabel="G", zlabel="B", title=f"colour vectors of {title}")
+    fig.tight_layout()
+    legend_below(fig, ncol=2)
+    return fig
+
+
+def sweep_figure(sweep):
+    """ACC against the memory kept between tasks for the runs of a continual sweep table
+    (rows of :func:`lance.book.tables.continual_table`), LANCE's labelled with their thresholds."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for method, marker in (("lance", "o"), ("gpm", "s")):
+        part = sweep[sweep.method == method]
+        ax.scatter(part["memory between tasks (MiB)"], part.ACC, marker=marker, s=50,
+                   label={"lance": "LANCE", "gpm": "GPM"}[method])
+        for _, r in part.iterrows():
+            label = (f"ε {r.energy:g}, " if method == "lance" else "") + f"thr {r['memory threshold']}"
+            ax.annotate(label, (r["memory between tasks (MiB)"], r.ACC), fontsize=9, xytext=(4, 4),
+                        textcoords="offset points")
+    top = sweep["memory between tasks (MiB)"].max() if len(sweep) else 1
+    ax.set(xlim=(0, 1.3 * top), xlabel="memory between tasks (MiB)", ylabel="ACC (%)")
+    fig.tight_layout()
+    legend_below(fig, [ax], ncol=2)
+    return fig
+
+
+def fidelity_figure(per_layer):
+    """The angle to the exact gradient (left) and the memory saved (right) of each compressed
+    layer against the energy threshold (rows: model, energy, layer, angle, memory_ratio)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from .render import short_layer
+
+    shown = per_layer.assign(layer=per_layer.layer.map(short_layer))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    sns.lineplot(shown, x="energy", y="angle", hue="model", style="layer", markers=True, ax=axes[0])
+    sns.lineplot(shown, x="energy", y="memory_ratio", hue="model", style="layer", markers=True, ax=axes[1])
+    axes[0].set(xlabel="energy threshold ε", ylabel="angle to the exact gradient (°)")
+    axes[1].set(xlabel="energy threshold ε", ylabel="BP bytes / LANCE bytes", yscale="log")
+    fig.tight_layout()
+    legend_below(fig, axes, ncol=4)
+    return fig
+
+
+def angle_figure(curves):
+    """The angle along training of each run of :func:`lance.book.tables.angle_curves`: the mean
+    over its trained layers, and their range as a band."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    if len(curves):
+        sns.lineplot(curves, x="epoch", y="angle", hue="run", errorbar=("pi", 100), ax=ax)
+    ax.set(xlabel="epoch", ylabel="angle to the exact gradient (°)")
+    fig.tight_layout()
+    legend_below(fig, [ax], ncol=2)
+    return fig
+
+
+def history_figure(runs: dict):
+    """Test accuracy after each epoch of the given runs (label -> a row of the fine-tuning
+    results; None is left out)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for label, run in runs.items():
+        if run is not None:
+            hist = pd.DataFrame(run["metrics.history"])
+            ax.plot(hist.epoch, hist.test_acc, marker="o", label=label)
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)")
+    fig.tight_layout()
+    legend_below(fig, [ax], ncol=3)
+    return fig
+
+
+def position_energy_figure(maps: dict):
+    """Share (%) of a layer's input energy at each position of its feature map, one heat map
+    per input set (title -> 2-D array)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.6 * len(maps), 4.2), squeeze=False)
+    for ax, (title, m) in zip(axes[0], maps.items()):
+        sns.heatmap(100 * m, annot=True, fmt=".0f", cmap="rocket_r", cbar=False, ax=ax, annot_kws={"size": 10})
+        ax.set(title=title, xlabel="width", ylabel="height")
+    fig.tight_layout()
     return fig

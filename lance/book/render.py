@@ -18,7 +18,7 @@ import math
 from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 __all__ = ["MISSING", "format_value", "markdown_table", "glue_table", "glue_figure", "glue_text", "style",
-           "legend_below", "join_phrases", "readable", "METHOD_NAMES", "COLUMN_NAMES"]
+           "legend_below", "join_phrases", "readable", "flatten", "METHOD_NAMES", "COLUMN_NAMES"]
 
 #: what a table shows where a value is missing
 MISSING = "—"
@@ -122,6 +122,18 @@ def readable(table, columns: Optional[Mapping[str, str]] = None):
     return out.rename(columns={**COLUMN_NAMES, **dict(columns or {})})
 
 
+def flatten(table):
+    """A table with its index as columns and one level of column names (``a b`` for a column
+    ``(a, b)`` of a pivot), ready for :func:`markdown_table`."""
+    out = table.copy()
+    if getattr(out.columns, "nlevels", 1) > 1:
+        out.columns = [" ".join(str(p) for p in col if str(p)) for col in out.columns]
+    else:
+        out.columns = [str(c) for c in out.columns]
+    named = [n for n in (out.index.names or []) if n is not None]
+    return out.reset_index() if named else out.reset_index(drop=True)
+
+
 def _constant_columns(table, keep: Iterable[str]) -> list[str]:
     if len(table) < 2:
         return []
@@ -160,8 +172,10 @@ def markdown_table(table, caption: str, name: str, *, formats: Optional[Mapping[
     lines = [f"~~~{{table}} {text}", f":name: {name}", ":align: left", ""]
     lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in shown) + " |")
     lines.append("|" + "|".join("--:" if numeric[c] else ":--" for c in shown) + "|")
-    for _, row in table.iterrows():
-        lines.append("| " + " | ".join(format_value(row[c], c, formats.get(c)) for c in shown) + " |")
+    # column by column: a row of mixed types would turn every int into a float
+    cells = [[format_value(v, c, formats.get(c)) for v in table[c].tolist()] for c in shown]
+    for row in zip(*cells):
+        lines.append("| " + " | ".join(row) + " |")
     lines.append("~~~")
     return "\n".join(lines)
 

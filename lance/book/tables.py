@@ -9,7 +9,8 @@ from ..paper import paper_finetuning
 from ..results import RESULTS_DIR, load_results
 
 __all__ = ["finetune_results", "finetune_table", "batch_compressed", "paper_lr", "lr_table", "weight_norm_history",
-           "split_weights", "bp_lance_gap", "memory_ratios", "paper_setting", "batch_mode_table", "lr_gaps", "ablation_table", "continual_main",
+           "split_weights", "bp_lance_gap", "memory_ratios", "paper_setting", "batch_mode_table", "lr_gaps",
+           "continual_default_runs", "final_accuracies", "find_run", "angle_curves", "ablation_table", "continual_main",
            "continual_results", "continual_table", "memory_by_layer", "stored_activation_mb", "default_settings",
            "PAPER_MODEL_NAMES"]
 
@@ -457,3 +458,66 @@ def continual_main(every):
     full = every[every["default"]].drop(columns="default")
     return (full.sort_values("epochs (max/task)", ascending=False, kind="stable")
             .drop_duplicates(["benchmark", "method", "train images/task"]).sort_index().reset_index(drop=True))
+
+
+def continual_default_runs(results, benchmark: str = "split_cifar100"):
+    """The runs of each method over every task of ``benchmark`` on the whole training set in the
+    default setting, one per method (the largest epoch budget), as rows of
+    :func:`continual_results`, in the order of :data:`lance.cl_train.CL_METHODS`."""
+    import pandas as pd
+
+    if not len(results):
+        return pd.DataFrame()
+    runs = results[(results.get("config.benchmark") == benchmark) & (results.get("config.tasks") == 0)
+                   & (results.get("config.train_limit") == 0)]
+    runs = runs[default_settings(runs)] if len(runs) else runs
+    if not len(runs):
+        return runs
+    runs = runs.sort_values("config.epochs").groupby("config.method").tail(1)
+    return runs.sort_values("config.method", key=lambda s: s.map(_CL_METHOD_ORDER)).reset_index(drop=True)
+
+
+def final_accuracies(runs):
+    """Per task (rows), each run's test accuracy after the last task (the last row of its
+    accuracy matrix), one column per method of ``runs`` (:func:`continual_default_runs`)."""
+    import pandas as pd
+
+    columns = {}
+    for _, run in runs.iterrows():
+        matrix = run["metrics.accuracy_matrix"]
+        columns[run["config.method"]] = list(matrix[-1])
+    table = pd.DataFrame(columns)
+    table.insert(0, "task", range(1, len(table) + 1))
+    return table
+
+
+def find_run(results, model: str, method: str, layers: int, energy: float = 0.7, dataset: str = "cifar100"):
+    """The result (a row of :func:`finetune_results`) of one fine-tuning run in the paper's setting
+    but for ``energy`` (any learning rate recorded as the paper's), the longest if several; None
+    when there is none."""
+    if not len(results):
+        return None
+    sel = results[(results["config.model"] == model) & (results["config.method"] == method)
+                  & (results["config.layers"] == layers) & paper_setting(results, dataset=dataset, energy=energy)]
+    return None if sel.empty else sel.sort_values("config.epochs").iloc[-1]
+
+
+def angle_curves(results, dataset: str = "cifar100"):
+    """Long form, one row per (compressed run in the paper's Table 2 setting, epoch, layer): the
+    angle between the weight gradient the run followed and the exact one, on the first batch of
+    the epoch (the paper's Fig. 2 protocol)."""
+    import pandas as pd
+
+    from .render import METHOD_NAMES
+
+    cols = ["run", "method", "epoch", "layer", "angle"]
+    rows = []
+    if len(results):
+        runs = results[(results["config.method"] != "bp") & paper_setting(results, dataset=dataset)]
+        for _, run in runs.iterrows():
+            label = (f"{PAPER_MODEL_NAMES.get(run['config.model'], run['config.model'])} "
+                     f"{METHOD_NAMES[run['config.method']]} {run['config.layers']} layers, {run['config.epochs']} epochs")
+            for epoch, angles in enumerate(run["metrics.angle_deg"], start=1):
+                rows += [{"run": label, "method": run["config.method"], "epoch": epoch, "layer": k, "angle": v}
+                         for k, v in angles.items()]
+    return pd.DataFrame(rows, columns=cols)
