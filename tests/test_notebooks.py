@@ -1,0 +1,74 @@
+"""The chapters as a reader gets them, checked from their sources (fast; the build itself is
+tests/test_book.py and the rendered pages tests/check_html.py)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+FOLDED = {"remove-cell", "remove-input", "hide-input"}
+
+
+def _cells(path):
+    nb = json.loads(path.read_text())
+    return [(c["cell_type"], "".join(c["source"]), set(c.get("metadata", {}).get("tags", []))) for c in nb["cells"]]
+
+
+def _markdown(path):
+    return "\n".join(s for kind, s, _ in _cells(path) if kind == "markdown")
+
+
+def _code(path):
+    return "\n".join(s for kind, s, _ in _cells(path) if kind == "code")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_figures_are_glued_and_closed(path):
+    # glue(name, fig, display=False) leaves the inline backend's copy in the cell: the page shows it twice
+    assert not re.search(r"\bglue\(\s*[\"']fig-", _code(path)), "glue figures with lance.book.render.glue_figure"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_numbered_reference_has_its_target_in_the_chapter(path):
+    text, code = _markdown(path), _code(path)
+    wanted = {m.group(2) or m.group(1) for m in re.finditer(r"\{numref\}`(?:([^`<]+?)|[^`<]*<([^`>]+)>)`", text)}
+    defined = set(re.findall(r":(?:name|label): (\S+)", text))
+    defined |= set(re.findall(r"glue_(?:table|figure)\(\s*[\"']([^\"']+)[\"']", code))
+    assert wanted <= defined, f"no table, figure or equation named {sorted(wanted - defined)}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_glued_tables_are_parsed_as_myst(path):
+    text = _markdown(path)
+    for block in re.findall(r"```\{glue:md\}[^\n]*\n(.*?)```", text, flags=re.S):
+        assert ":format: myst" in block, "a glued table needs :format: myst to become a numbered table"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_each_chapter_ends_with_a_summary_and_exercises(path):
+    heads = re.findall(r"^## (.+)$", _markdown(path), flags=re.M)
+    assert heads[-2:] == ["Summary", "Exercises"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_parameters_cell_holds_annotated_literals_with_comments(path):
+    params = [s for kind, s, tags in _cells(path) if "parameters" in tags]
+    assert len(params) == 1
+    for line in params[0].splitlines():
+        node = ast.parse(line).body[0]
+        assert isinstance(node, ast.AnnAssign) and isinstance(node.value, ast.Constant), line
+        assert "  # " in line, f"say what {line.split(':')[0]} is in a comment"
+
+
+@pytest.mark.parametrize("stem", ["03_finetuning", "04_fidelity", "08_continual"])
+def test_visible_code_is_under_a_third_of_the_page(stem):
+    cells = _cells(ROOT / "notebooks" / f"{stem}.ipynb")
+    visible = sum(len(s) for kind, s, tags in cells if kind == "code" and not tags & FOLDED)
+    prose = sum(len(s) for kind, s, _ in cells if kind == "markdown")
+    assert visible < (visible + prose) / 3
