@@ -72,3 +72,45 @@ def test_visible_code_is_under_a_third_of_the_page(stem):
     visible = sum(len(s) for kind, s, tags in cells if kind == "code" and not tags & FOLDED)
     prose = sum(len(s) for kind, s, _ in cells if kind == "markdown")
     assert visible < (visible + prose) / 3
+
+
+def _parameters(path):
+    cell = next(s for kind, s, tags in _cells(path) if "parameters" in tags)
+    return {node.target.id for node in ast.parse(cell).body}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_profile_overrides_a_parameter(path):
+    # {"smoke": 2, "book": calibration_batches, "paper": 100}[profile] would ignore -p calibration_batches
+    # outside the book profile: profiles fill in only what the reader left unset (lance.book.profiles.sizes)
+    names = _parameters(path)
+    for kind, source, tags in _cells(path):
+        if kind != "code" or "parameters" in tags:
+            continue
+        for node in ast.walk(ast.parse(source)):
+            if (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Dict)
+                    and isinstance(node.slice, ast.Name) and node.slice.id == "profile"):
+                per_profile = [{n.id for n in ast.walk(v) if isinstance(n, ast.Name)} & names for v in node.value.values]
+                partial = set.union(*per_profile) - set.intersection(*per_profile)
+                assert not partial, f"only some profiles use the parameters {sorted(partial)}"
+
+
+def _glued(notebook) -> dict:
+    out = {}
+    for cell in notebook["cells"]:
+        for output in cell.get("outputs", []):
+            name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+            if name:
+                out[name] = output["data"].get("application/papermill.record/text/plain", "").strip("'\"")
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stem, parameter, value, glued", [("01_hosvd", "calibration_batches", 3, "n_cal"),
+                                                           ("02_lance_layer", "calibration_batches", 3, "n_cal_text")])
+def test_a_parameter_takes_effect_in_the_smoke_profile(tmp_path, stem, parameter, value, glued):
+    papermill = pytest.importorskip("papermill")
+    out = tmp_path / f"{stem}.ipynb"
+    papermill.execute_notebook(str(ROOT / "notebooks" / f"{stem}.ipynb"), str(out), cwd=str(ROOT / "notebooks"),
+                               parameters={"profile": "smoke", parameter: value}, progress_bar=False)
+    assert _glued(json.loads(out.read_text()))[glued] == str(value)

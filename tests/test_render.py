@@ -58,3 +58,17 @@ def test_integer_columns_keep_their_format_beside_float_columns():
     table = pd.DataFrame({"task": [1, 2], "acc": [65.9, 56.0]})
     text = markdown_table(table, "C", "tbl-t", formats={"task": "{:d}"}, constant_to_caption=False)
     assert _rows(text)[2:] == ["| 1 | 65.90 |", "| 2 | 56.00 |"]
+
+
+def test_a_profile_fills_in_only_what_the_reader_left_unset():
+    from lance.book.profiles import sizes
+    from lance.errors import LanceError
+
+    table = {"smoke": {"batches": 2, "size": 8}, "book": {"batches": 8, "size": 32}}
+    assert vars(sizes("smoke", table, batches=None)) == {"batches": 2, "size": 8}
+    assert vars(sizes("smoke", table, batches=10)) == {"batches": 10, "size": 8}
+    assert sizes("book", table, size=4).size == 4
+    with pytest.raises(LanceError, match="unknown profile"):
+        sizes("huge", table)
+    with pytest.raises(LanceError, match="no profile sets"):
+        sizes("book", table, epochs=3)
