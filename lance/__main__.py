@@ -98,6 +98,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             values["resolution"] = args.resolution
         if not args.compress_batch:
             values["compress_batch"] = False
+        if args.skip_depthwise:
+            values["skip_depthwise"] = True
         cfg = FinetuneConfig(**values)
         if (args.out / result_name(cfg)).exists():
             print(f"done already: {result_name(cfg)}", flush=True)
@@ -319,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compress-batch", dest="compress_batch", action="store_const", const=False,
                    help="leave the batch mode uncompressed (the paper projects it too)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--skip-depthwise", dest="skip_depthwise", action="store_const", const=True,
+                   help="the authors' selection: the last n convolutions with groups == 1 (depthwise ones stay frozen)")
     p.add_argument("--resolution", type=int)
     p.add_argument("--classes", type=int, nargs=2, metavar=("FIRST", "END"), help="fine-tune on classes [FIRST, END)")
     p.add_argument("--pretrained", help="'imagenet' or a state_dict file")
@@ -343,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compress-batch", dest="compress_batch", action="store_false",
                    help="leave the batch mode uncompressed (the paper projects it too)")
     p.add_argument("--seeds", type=int, nargs="+", default=[42])
+    p.add_argument("--skip-depthwise", dest="skip_depthwise", action="store_true",
+                   help="the authors' selection: the last n convolutions with groups == 1 (depthwise ones stay frozen)")
     p.add_argument("--lrs", type=float, nargs="+", default=None,
                    help="learning rates (default: the paper's 0.05)")
     p.add_argument("--classes", type=int, nargs=2, metavar=("FIRST", "END"), default=None,

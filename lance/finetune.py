@@ -63,6 +63,7 @@ class FinetuneConfig:
     pretrained: str = "imagenet"  # or the path of a state_dict (split-protocol pretraining)
     train_limit: int = 0  # use only this many training images (0: all); for demonstrations
     test_limit: int = 0
+    skip_depthwise: bool = False  # the authors' LANCE selection: the last n convolutions with groups == 1
     cache_cut: int = 4  # cut the cached prefix before the last max(layers, cache_cut) convs, so that
     # runs with 2 and 4 layers share one cache (the frozen blocks in between run in the suffix)
 
@@ -104,6 +105,8 @@ def result_name(cfg: FinetuneConfig) -> str:
         parts.append(f"cal{cfg.calibration_batches}")
     if not cfg.compress_batch and cfg.method in ("lance", "asi", "hosvd"):
         parts.append("nobatch")
+    if cfg.skip_depthwise:
+        parts.append("nodw")
     return "_".join(parts) + ".json"
 
 
@@ -248,8 +251,11 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
     # -- model, split and cache ---------------------------------------------------------------
     model, weights_source = _build_model(cfg, num_classes, weights_dir)
     model.eval()  # frozen BatchNorm and Dropout, as in the paper
-    layers = trainable_layers(model, cfg.layers)
-    split = split_model(model, trainable_layers(model, max(cfg.layers, cfg.cache_cut))[0])
+    layers = trainable_layers(model, cfg.layers, skip_depthwise=cfg.skip_depthwise)
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    # the cut falls before the first trained layer, and before the last cache_cut convs (a shared cache)
+    first = min(layers + trainable_layers(model, max(cfg.layers, cfg.cache_cut))[:1], key=order.__getitem__)
+    split = split_model(model, first)
     suffix = split.suffix.eval()
     params = set_trainable(suffix, layers + [head_name(suffix)])
     cache_root = Path(cache_dir or os.environ.get("LANCE_CACHE_DIR", Path.home() / ".cache" / "lance"))

@@ -15,18 +15,22 @@ __all__ = ["trainable_layers", "resolve_layers", "layer_spec", "set_trainable", 
 SUPPORTED_TYPES: tuple[type, ...] = (nn.Conv2d, nn.Linear)
 
 
-def trainable_layers(model: nn.Module, n: int) -> list[str]:
+def trainable_layers(model: nn.Module, n: int, skip_depthwise: bool = False) -> list[str]:
     """Names of the last ``n`` ``nn.Conv2d`` modules of ``model`` in registration order.
 
     This is the paper's "fine-tune the last n layers": the classifier head is trained too,
-    but it is not one of the ``n``.
+    but it is not one of the ``n``. With ``skip_depthwise`` only convolutions with
+    ``groups == 1`` count (the selection of the authors' LANCE code: depthwise and other grouped
+    convolutions stay frozen, and the n reach further back instead).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise LanceError(f"n must be a positive integer (how many conv layers to train), got {n!r}.")
-    convs = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    convs = [name for name, module in model.named_modules()
+             if isinstance(module, nn.Conv2d) and not (skip_depthwise and module.groups != 1)]
     if len(convs) < n:
+        kind = "ungrouped nn.Conv2d" if skip_depthwise else "nn.Conv2d"
         raise LanceError(
-            f"the model has {len(convs)} nn.Conv2d modules, fewer than the {n} requested; "
+            f"the model has {len(convs)} {kind} modules, fewer than the {n} requested; "
             f"ask for at most {len(convs)}."
         )
     return convs[-n:]

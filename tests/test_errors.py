@@ -133,6 +133,11 @@ def test_trainable_layers_are_last_convs_in_registration_order():
     last4 = lance.trainable_layers(mbv2, 4)
     assert last4 == ["features.17.conv.0.0", "features.17.conv.1.0", "features.17.conv.2", "features.18.0"]
     assert mbv2.get_submodule("features.17.conv.1.0").groups == 960  # the depthwise one
+    # the authors' LANCE selection leaves grouped convolutions frozen and reaches further back
+    authors = lance.trainable_layers(mbv2, 4, skip_depthwise=True)
+    assert authors == ["features.16.conv.2", "features.17.conv.0.0", "features.17.conv.2", "features.18.0"]
+    assert all(mbv2.get_submodule(n).groups == 1 for n in authors)
+    assert lance.trainable_layers(model, 4, skip_depthwise=True) == lance.trainable_layers(model, 4)  # no grouped convs
 
 
 def test_command_line_reports_bad_input_without_a_traceback(tmp_path, capsys):

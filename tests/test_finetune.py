@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -105,6 +106,18 @@ def test_the_weight_norms_of_the_trained_layers_are_recorded_per_epoch(cache_dir
         assert epoch["weight_norm"] == pytest.approx(start, rel=1e-7)
     last = moved["history"][-1]["weight_norm"]
     assert any(abs(last[n] - start[n]) > 1e-6 * start[n] for n in layers)
+
+
+def test_the_authors_selection_trains_no_depthwise_convolution(cache_dir):
+    cfg = dataclasses.replace(_cfg("lance"), layers=4, epochs=1, skip_depthwise=True)
+    assert result_name(cfg).endswith("_nodw.json")
+    assert result_name(cfg) != result_name(dataclasses.replace(cfg, skip_depthwise=False))
+    rec = finetune(cfg, data_dir=DATA, cache_dir=cache_dir, progress=False)
+    trained = set(rec["metrics"]["ranks"])
+    model = lance.models.build("mobilenet_v2", num_classes=10, pretrained=False)
+    assert trained == set(lance.trainable_layers(model, 4, skip_depthwise=True))
+    assert all(model.get_submodule(n).groups == 1 for n in trained)
+    assert set(rec["metrics"]["weight_norm_initial"]) == trained  # only these layers (and the head) train
 
 
 def test_a_learning_rate_other_than_the_papers_is_part_of_the_result_name():

@@ -54,13 +54,25 @@ def paper_lr(results):
     return (results["config.lr"].fillna(DEFAULT_LR) - DEFAULT_LR).abs() < 1e-12
 
 
+def _flag(results, column: str):
+    """A boolean config column, False where a file predates it."""
+    import pandas as pd
+
+    if column not in results:
+        return pd.Series(False, index=results.index)
+    return results[column].fillna(False).astype(bool)
+
+
 def paper_setting(results, dataset: str = "cifar100", batch_size: int = 128, classes=None, energy: float = 0.7,
-                  calibration_batches: int = 100, any_lr: bool = False, compress_batch: bool = True):
+                  calibration_batches: int = 100, any_lr: bool = False, compress_batch: bool = True,
+                  skip_depthwise: bool = False):
     """True for the runs of ``results`` in the paper's fine-tuning setting: the whole training
     set of ``dataset`` (or the split protocol's ``classes`` ``[first, end)``), ``batch_size``,
     energy threshold ``energy``, ``calibration_batches``, the batch mode projected
-    (``compress_batch``) and the paper's learning rate (unless ``any_lr``). The tables, the
-    front page and the chapters select runs with this one function."""
+    (``compress_batch``), the same n layers for every method (unless ``skip_depthwise``: the
+    authors' LANCE selection, which leaves depthwise convolutions frozen) and the paper's learning
+    rate (unless ``any_lr``). The tables, the front page and the chapters select runs with this
+    one function."""
     wanted = None if classes is None else list(classes)
     same_classes = results["config.classes"].map(lambda c: (None if c is None else list(c)) == wanted)
     projected = batch_compressed(results)
@@ -68,7 +80,8 @@ def paper_setting(results, dataset: str = "cifar100", batch_size: int = 128, cla
             & (results["config.train_limit"] == 0) & same_classes
             & ((results["config.energy"] - energy).abs() < 1e-9)
             & (results["config.calibration_batches"] == calibration_batches)
-            & (projected if compress_batch else ~projected))
+            & (projected if compress_batch else ~projected)
+            & (_flag(results, "config.skip_depthwise") == skip_depthwise))
     return mask if any_lr else mask & paper_lr(results)
 
 
