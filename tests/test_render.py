@@ -72,3 +72,9 @@ def test_a_profile_fills_in_only_what_the_reader_left_unset():
         sizes("huge", table)
     with pytest.raises(LanceError, match="no profile sets"):
         sizes("book", table, epochs=3)
+
+
+def test_code_names_in_headers_become_words():
+    text = markdown_table(pd.DataFrame({"bp_bytes": [1], "share_positive": [0.5]}), "C", "tbl-h",
+                          constant_to_caption=False)
+    assert _rows(text)[0] == "| bp bytes | share positive |"

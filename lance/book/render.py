@@ -170,7 +170,8 @@ def markdown_table(table, caption: str, name: str, *, formats: Optional[Mapping[
                for c in shown}
     # a tilde fence: a backtick fence may not have backticks (`code`) in its caption line
     lines = [f"~~~{{table}} {text}", f":name: {name}", ":align: left", ""]
-    lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in shown) + " |")
+    # headers of code names (bp_bytes) are written as words, so that a narrow column wraps them
+    lines.append("| " + " | ".join(str(c).replace("_", " ").replace("|", "\\|") for c in shown) + " |")
     lines.append("|" + "|".join("--:" if numeric[c] else ":--" for c in shown) + "|")
     # column by column: a row of mixed types would turn every int into a float
     cells = [[format_value(v, c, formats.get(c)) for v in table[c].tolist()] for c in shown]
