@@ -114,3 +114,11 @@ def test_a_parameter_takes_effect_in_the_smoke_profile(tmp_path, stem, parameter
     papermill.execute_notebook(str(ROOT / "notebooks" / f"{stem}.ipynb"), str(out), cwd=str(ROOT / "notebooks"),
                                parameters={"profile": "smoke", parameter: value}, progress_bar=False)
     assert _glued(json.loads(out.read_text()))[glued] == str(value)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_table_and_figure_is_referred_to(path):
+    text, code = _markdown(path), _code(path)
+    made = set(re.findall(r"glue_(?:table|figure)\(\s*[\"']((?:tbl|fig)-[^\"']+)[\"']", code))
+    referred = {m.group(2) or m.group(1) for m in re.finditer(r"\{numref\}`(?:([^`<]+?)|[^`<]*<([^`>]+)>)`", text)}
+    assert made <= referred, f"never referred to with {{numref}}: {sorted(made - referred)}"
