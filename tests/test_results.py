@@ -78,6 +78,8 @@ def test_finetune_table_separates_settings_and_puts_the_papers_numbers_beside(tm
     table = tables.finetune_table(results)
     assert list(zip(table.method, table.epochs)) == [("bp", 50), ("lance", 10), ("lance", 50)]
     assert table.acc.tolist() == [60.0, 40.0, 52.0] and table.seeds.tolist() == [1, 1, 2]
+    # the spread over seeds: the sample standard deviation of 50 and 54, none for one seed
+    assert table["acc sd"].iloc[2] == pytest.approx(2 ** 0.5 * 2) and table["acc sd"].iloc[:2].isna().all()
     from lance.paper import paper_finetuning
 
     paper = paper_finetuning()

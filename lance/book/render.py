@@ -89,7 +89,7 @@ METHOD_NAMES = {"bp": "BP", "hosvd": "HOSVD", "asi": "ASI", "lance": "LANCE", "g
                 "multitask": "multitask"}
 
 #: the book's column headers (with their units) for the columns of :mod:`lance.book.tables`
-COLUMN_NAMES = {"acc": "acc %", "acc (paper)": "paper's acc %", "MB": "MiB", "MB measured": "MiB measured",
+COLUMN_NAMES = {"acc": "acc %", "acc sd": "± sd", "acc (paper)": "paper's acc %", "MB": "MiB", "MB measured": "MiB measured",
                 "MB (paper)": "paper's MB", "TFLOPs/iter": "TFLOPs / iter", "TFLOPs (paper)": "paper's TFLOPs",
                 "gap": "BP − LANCE, points", "gap (paper)": "paper's BP − LANCE", "epoch-1 train acc": "epoch-1 train acc %",
                 "largest norm growth": "largest norm growth ×", "pretraining acc": "pretraining acc %",

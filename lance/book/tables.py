@@ -197,8 +197,9 @@ def split_weights(results, pretrained):
 def finetune_table(results, dataset: str = "cifar100", batch_size: int = 128, paper_table: str = "2",
                    paper_dataset: Optional[str] = None, classes: Optional[tuple[int, int]] = None,
                    energy: float = 0.7, calibration_batches: int = 100):
-    """One row per (model, method, layers, epochs): our accuracy, MB and TFLOPs beside the
-    paper's, with the epochs and seeds behind ours. ``results`` is :func:`finetune_results`'s
+    """One row per (model, method, layers, epochs): our accuracy (the mean over seeds, and its
+    standard deviation ``acc sd`` when there are several), MB and TFLOPs beside the paper's, with
+    the epochs and seeds behind ours. ``results`` is :func:`finetune_results`'s
     table; ``classes`` selects the split-protocol runs that fine-tuned on classes
     ``[first, end)`` (``None``: runs on the whole dataset). Only runs of the given energy
     threshold and number of calibration batches count (the paper's table setting; the ablations
@@ -219,7 +220,10 @@ def finetune_table(results, dataset: str = "cifar100", batch_size: int = 128, pa
                       & (paper.layers == layers)]
             rows.append({
                 "model": model, "method": method, "layers": int(layers),
-                "acc": grp["metrics.accuracy"].mean(), "acc (paper)": p.acc.iloc[0] if len(p) else None,
+                "acc": grp["metrics.accuracy"].mean(),
+                # the spread over seeds (NaN for one seed: the table then says "seeds: 1" and no spread)
+                "acc sd": grp.groupby("config.seed")["metrics.accuracy"].mean().std(ddof=1),
+                "acc (paper)": p.acc.iloc[0] if len(p) else None,
                 "MB": grp["metrics.activation_mb"].mean(), "MB measured": grp["metrics.activation_mb_measured"].mean(),
                 "MB (paper)": p.mb.iloc[0] if len(p) else None,
                 "TFLOPs/iter": grp["metrics.train_tflops"].mean(), "TFLOPs (paper)": p.tflops.iloc[0] if len(p) else None,
