@@ -78,3 +78,16 @@ def test_code_names_in_headers_become_words():
     text = markdown_table(pd.DataFrame({"bp_bytes": [1], "share_positive": [0.5]}), "C", "tbl-h",
                           constant_to_caption=False)
     assert _rows(text)[0] == "| bp bytes | share positive |"
+
+
+def test_the_spread_over_seeds_is_written_beside_the_mean():
+    from lance.book.render import readable
+
+    one_seed = pd.DataFrame({"method": ["bp", "lance"], "acc": [64.58, 59.53], "acc sd": [None, None]})
+    assert readable(one_seed).columns.tolist() == ["method", "acc %"]  # no spread: the column is dropped
+    assert readable(one_seed)["acc %"].tolist() == [64.58, 59.53]
+    seeds = pd.DataFrame({"method": ["bp", "lance"], "acc": [64.58, 59.53], "acc sd": [0.314, None]})
+    shown = readable(seeds)
+    assert shown["acc %"].tolist() == ["64.58 ± 0.31", "59.53"]
+    header, rule, *_ = _rows(markdown_table(shown, "C", "tbl-s", constant_to_caption=False))
+    assert rule == "|:--|--:|"  # still right-aligned like numbers

@@ -35,6 +35,13 @@ def _missing(value) -> bool:
         return False
 
 
+def _is_spread(value) -> bool:
+    """A mean with its spread written as text ("64.58 ± 0.31"), or a bare number as text."""
+    import re
+
+    return isinstance(value, str) and re.fullmatch(r"-?\d+(\.\d+)?( ± \d+(\.\d+)?)?", value) is not None
+
+
 def significant(value: float, digits: int = 3) -> str:
     """``value`` to ``digits`` significant figures, without an exponent for ordinary sizes."""
     if value == 0:
@@ -89,7 +96,7 @@ METHOD_NAMES = {"bp": "BP", "hosvd": "HOSVD", "asi": "ASI", "lance": "LANCE", "g
                 "multitask": "multitask"}
 
 #: the book's column headers (with their units) for the columns of :mod:`lance.book.tables`
-COLUMN_NAMES = {"acc": "acc %", "acc sd": "± sd", "acc (paper)": "paper's acc %", "MB": "MiB", "MB measured": "MiB measured",
+COLUMN_NAMES = {"acc": "acc %", "acc (paper)": "paper's acc %", "MB": "MiB", "MB measured": "MiB measured",
                 "MB (paper)": "paper's MB", "TFLOPs/iter": "TFLOPs / iter", "TFLOPs (paper)": "paper's TFLOPs",
                 "gap": "BP − LANCE, points", "gap (paper)": "paper's BP − LANCE", "epoch-1 train acc": "epoch-1 train acc %",
                 "largest norm growth": "largest norm growth ×", "pretraining acc": "pretraining acc %",
@@ -109,10 +116,17 @@ def short_layer(name: str) -> str:
 
 def readable(table, columns: Optional[Mapping[str, str]] = None):
     """A table of :mod:`lance.book.tables` with the book's names: the paper's model and method
-    names, short layer names and headers with units (:data:`COLUMN_NAMES`, then ``columns``)."""
+    names, short layer names and headers with units (:data:`COLUMN_NAMES`, then ``columns``).
+    An ``acc sd`` column (the spread over seeds) is written into ``acc`` as "mean ± sd" once
+    some row has one, so the table keeps its width."""
     from .tables import PAPER_MODEL_NAMES
 
     out = table.copy()
+    if "acc sd" in out:  # the spread over seeds goes beside the mean, in the same column
+        if out["acc sd"].notna().any():
+            out["acc"] = [MISSING if _missing(a) else f"{a:.2f}" + ("" if _missing(sd) else f" ± {sd:.2f}")
+                          for a, sd in zip(out["acc"], out["acc sd"])]
+        out = out.drop(columns="acc sd")
     if "model" in out:
         out["model"] = out["model"].map(lambda m: PAPER_MODEL_NAMES.get(m, m))
     if "method" in out:
@@ -166,8 +180,8 @@ def markdown_table(table, caption: str, name: str, *, formats: Optional[Mapping[
     text = caption.rstrip()
     if said:
         text += (" " if text.endswith(".") else ". ") + "In every row: " + "; ".join(said) + "."
-    numeric = {c: all(isinstance(v, (int, float)) and not isinstance(v, bool) or _missing(v) for v in table[c])
-               for c in shown}
+    numeric = {c: all(isinstance(v, (int, float)) and not isinstance(v, bool) or _missing(v) or _is_spread(v)
+                      for v in table[c]) for c in shown}
     # a tilde fence: a backtick fence may not have backticks (`code`) in its caption line
     lines = [f"~~~{{table}} {text}", f":name: {name}", ":align: left", ""]
     # headers of code names (bp_bytes) are written as words, so that a narrow column wraps them
