@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .render import legend_below
 
-__all__ = ["image_grid", "energy_curves", "accuracy_matrix", "accuracy_matrices", "latency_figure", "tradeoff_figure",
+__all__ = ["image_grid", "energy_curves", "accuracy_matrices", "latency_figure", "tradeoff_figure",
            "subspace_figure", "sweep_figure", "fidelity_figure", "angle_figure", "history_figure",
            "position_energy_figure"]
 
@@ -57,27 +57,6 @@ def energy_curves(spectra: Sequence[Optional[Tensor]], labels: Sequence[str], en
     axes[1, 0].set_ylabel("cumulative energy")
     fig.tight_layout()
     return fig
-
-
-def accuracy_matrix(matrix, title: str = "", ax=None, task_names: Optional[Sequence[str]] = None):
-    """Heat map of a continual-learning accuracy matrix (row i: accuracies after task i)."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-    import seaborn as sns
-
-    r = np.asarray(matrix, dtype=float)
-    mask = np.triu(np.ones_like(r, dtype=bool), k=1) if r.shape[0] == r.shape[1] else None
-    if ax is None:
-        _, ax = plt.subplots(figsize=(0.55 * r.shape[1] + 2, 0.45 * r.shape[0] + 1.5))
-    sns.heatmap(r, mask=mask, annot=r.shape[1] <= 12, fmt=".0f", vmin=0, vmax=100, cmap="viridis", ax=ax,
-                cbar_kws={"label": "test accuracy (%)"})
-    ax.set_xlabel("task tested")
-    ax.set_ylabel("after training task")
-    ax.set_xticklabels([str(i + 1) for i in range(r.shape[1])] if task_names is None else task_names, rotation=0)
-    ax.set_yticklabels([str(i + 1) for i in range(r.shape[0])], rotation=0)
-    ax.set_title(title)
-    ax.grid(False)
-    return ax
 
 
 def latency_figure(record: dict, log_scale: bool = True):

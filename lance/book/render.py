@@ -18,7 +18,8 @@ import math
 from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 __all__ = ["MISSING", "format_value", "markdown_table", "glue_table", "glue_figure", "glue_text", "style",
-           "legend_below", "join_phrases", "readable", "flatten", "METHOD_NAMES", "COLUMN_NAMES"]
+           "legend_below", "join_phrases", "readable", "flatten", "short_layer", "significant", "METHOD_NAMES",
+           "COLUMN_NAMES"]
 
 #: what a table shows where a value is missing
 MISSING = "—"
