@@ -329,7 +329,8 @@ def ablation_table(results, model: str = "mcunet-in2", dataset: str = "cifar100"
     plain = results["config.classes"].map(lambda c: c is None)
     sel = results[(results["config.model"] == model) & (results["config.dataset"] == dataset)
                   & (results["config.layers"] == layers) & (results["config.batch_size"] == batch_size)
-                  & (results["config.train_limit"] == 0) & plain & batch_compressed(results) & paper_lr(results)]
+                  & (results["config.train_limit"] == 0) & plain & batch_compressed(results) & paper_lr(results)
+                  & ~_flag(results, "config.skip_depthwise")]  # the authors' selection is its own experiment
     bp = sel[sel["config.method"] == "bp"].groupby("config.epochs")
     rows = []
     keys = ["config.energy", "config.calibration_batches", "config.epochs"]
