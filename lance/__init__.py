@@ -9,9 +9,9 @@ The three steps of the paper, as functions of this package::
     lance.decompress(model)                              # plain layers again
 """
 
-from .accounting import activation_memory, measured_bytes, saved_tensors
-from .calibration import Calibration, LayerCalibration, ModeBasis, calibrate, layer_inputs
-from .errors import (
+from lance.analysis.accounting import activation_memory, measured_bytes, saved_tensors
+from lance.core.calibration import Calibration, LayerCalibration, ModeBasis, calibrate, layer_inputs
+from lance.errors import (
     BatchSizeError,
     CalibrationMismatchError,
     InputShapeError,
@@ -20,12 +20,12 @@ from .errors import (
     UnknownLayerError,
     UnsupportedLayerError,
 )
-from .fidelity import compare_gradients, gradient_angle, relative_error, weight_gradients
-from .hosvd import energy_rank, expand, hosvd, mode_product, project, unfold
-from .layers import LanceConv2d, LanceLinear, compress, compressed_layers, decompress
-from .selection import set_trainable, trainable_layers
+from lance.analysis.fidelity import compare_gradients, gradient_angle, relative_error, weight_gradients
+from lance.core.hosvd import energy_rank, expand, hosvd, mode_product, project, unfold
+from lance.core.layers import LanceConv2d, LanceLinear, compress, compressed_layers, decompress
+from lance.core.selection import set_trainable, trainable_layers
 
-from . import baselines, data, models  # noqa: E402  (submodules users reach as lance.data, ...)
+from lance import data, models  # noqa: E402  (subpackages users reach as lance.data, lance.models)
 
 __version__ = "0.1.0"
 

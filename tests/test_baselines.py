@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import lance
-from lance.baselines import asi_factory, hosvd_factory
-from lance.hosvd import captured_by
+from lance.analysis.baselines import asi_factory, hosvd_factory
+from lance.core.hosvd import captured_by
 
 from helpers import grads_of, random_batches, rel, single_layer_model
 

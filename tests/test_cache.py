@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 import lance
-from lance.cache import FeatureCache, blocks, split_model
+from lance.experiments.cache import FeatureCache, blocks, split_model
 
 
 @pytest.mark.parametrize("arch,n", [("resnet18", 2), ("resnet18", 4), ("mobilenet_v2", 4)])
@@ -74,7 +74,7 @@ def test_a_second_builder_waits_for_the_first_and_reuses_its_cache(tmp_path, mon
     gone is taken over at once."""
     import os
 
-    import lance.locks
+    import lance.experiments.locks
 
     images = torch.randn(6, 3, 8, 8)
     calls = []
@@ -94,7 +94,7 @@ def test_a_second_builder_waits_for_the_first_and_reuses_its_cache(tmp_path, mon
         FeatureCache(tmp_path, {"test": "lock"}, n=6, flips=True)._fill(lambda i: images[list(i)], prefix, 4, False)
         lock.unlink()
 
-    monkeypatch.setattr(lance.locks.time, "sleep", other_process_finishes)
+    monkeypatch.setattr(lance.experiments.locks.time, "sleep", other_process_finishes)
     before = len(calls)
     cache.build(lambda i: images[list(i)], prefix, batch_size=4, progress=False)
     assert len(waits) == 1 and cache.complete and not lock.exists()
@@ -107,6 +107,6 @@ def test_a_second_builder_waits_for_the_first_and_reuses_its_cache(tmp_path, mon
     stale = FeatureCache(tmp_path, {"test": "stale"}, n=6, flips=False)
     stale.dir.mkdir(parents=True)
     (stale.dir / "build.lock").write_text("999999999")
-    monkeypatch.setattr(lance.locks.time, "sleep", lambda s: pytest.fail("waited for a dead process"))
+    monkeypatch.setattr(lance.experiments.locks.time, "sleep", lambda s: pytest.fail("waited for a dead process"))
     stale.build(lambda i: images[list(i)], prefix, batch_size=4, progress=False)
     assert stale.complete and not (stale.dir / "build.lock").exists()

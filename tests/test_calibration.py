@@ -10,7 +10,7 @@ from torch import nn
 
 import lance
 from lance.errors import LanceError
-from lance.hosvd import energy_rank, fold, mode_product, unfold
+from lance.core.hosvd import energy_rank, fold, mode_product, unfold
 
 from helpers import grads_of, random_batches, rel, single_layer_model
 
@@ -111,9 +111,10 @@ def test_save_load_roundtrip_and_truncate(tmp_path):
     assert low["0"].ranks == [energy_rank(m.eigenvalues, 0.3) for m in cal["0"].modes]
     text = repr(cal)
     assert "0" in text and "x".join(map(str, cal["0"].ranks)) in text
-    frame = cal.to_frame()
-    assert list(frame.layer) == ["0"]
-    assert frame.stored_elements[0] == cal["0"].stored_numel() and frame.input_elements[0] == 5 * 3 * 6 * 6
+    (row,) = cal.rows()
+    assert row["layer"] == "0"
+    assert row["stored_elements"] == cal["0"].stored_numel() and row["input_elements"] == 5 * 3 * 6 * 6
+    assert "<td>0</td>" in cal._repr_html_()
 
 
 def test_linear_3d_modes_named():

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import lance
-from lance.continual import ContinualMemory, calibrate_in_null_space, gpm_threshold
+from lance.core.memory import ContinualMemory, calibrate_in_null_space, gpm_threshold
 
 
 def _net():

@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lance import cl_benchmarks, cl_train
-from lance.cl_benchmarks import Benchmark, Task
-from lance.cl_models import AlexNetCL, MLP, ReducedResNet18, build_cl_model
-from lance.cl_train import ContinualConfig, acc_bwt, cl_result_name, continual, profile_settings
-from lance.continual import ContinualMemory, memory_gram, project_gradients
+from lance.data import tasks as cl_benchmarks
+from lance.experiments import continual as cl_train
+from lance.data.tasks import Benchmark, Task
+from lance.models.continual import AlexNetCL, MLP, ReducedResNet18, build_cl_model
+from lance.experiments.continual import ContinualConfig, acc_bwt, cl_result_name, continual, profile_settings
+from lance.core.memory import ContinualMemory, memory_gram, project_gradients
 from lance.errors import LanceError
 
 REQUIRED = ["config.benchmark", "config.method", "config.epochs", "config.seed", "metrics.acc", "metrics.bwt",
@@ -239,8 +240,8 @@ def test_command_line_trial_run_leaves_nothing_behind(tmp_path, monkeypatch, cap
     """``--no-save`` writes neither a result file nor a checkpoint (a later run must not resume
     from a trial run); a saving run writes the file and removes its checkpoint, and a second
     call finds it done."""
-    from lance import cl_benchmarks as cb
-    from lance.__main__ import main
+    from lance.data import tasks as cb
+    from lance.cli import main
 
     monkeypatch.setattr(cb, "build_benchmark", lambda *a, **k: _toy_benchmark(tasks=2, n=48))
     args = ["continual", "--benchmark", "split_cifar100", "--methods", "lance", "--epochs", "1",
@@ -370,7 +371,7 @@ def test_split_miniimagenet_from_an_imagenet_root(tmp_path, monkeypatch):
 
 def test_continual_table_puts_published_numbers_beside_ours(tmp_path):
     from lance.book import tables
-    from lance.results import write_result
+    from lance.experiments.results import write_result
 
     def record(method, acc, bwt, energy=0.9, tasks=0, benchmark="split_cifar100", skipped=(), threshold=0.97):
         cfg = {**ContinualConfig(benchmark=benchmark, method=method, epochs=10, energy=energy, tasks=tasks,

@@ -1,4 +1,4 @@
-"""lance.convergence: the numerical checks of the paper's Sec. 2.4 (Theorems 2.1, 2.2, Prop. 1)."""
+"""lance.analysis.convergence: the numerical checks of the paper's Sec. 2.4 (Theorems 2.1, 2.2, Prop. 1)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import lance
-from lance import convergence
-from lance.layers import exact_backward
+from lance.analysis import convergence
+from lance.core.layers import exact_backward
 
 from helpers import random_batches
 

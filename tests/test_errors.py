@@ -141,7 +141,7 @@ def test_trainable_layers_are_last_convs_in_registration_order():
 
 
 def test_command_line_reports_bad_input_without_a_traceback(tmp_path, capsys):
-    from lance.__main__ import main
+    from lance.cli import main
 
     assert main(["latency", "--batch-size", "0", "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err

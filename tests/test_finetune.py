@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import lance
-import lance.finetune as ft
+import lance.experiments.finetune as ft
 import lance.models
-import lance.selection
-from lance.finetune import FinetuneConfig, finetune, result_name
+import lance.core.selection
+from lance.experiments.finetune import FinetuneConfig, finetune, result_name
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 DATA = os.environ.get("LANCE_DATA_DIR") or (str(SHARED) if SHARED.is_dir() else None)
@@ -96,7 +96,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, cache_dir, monkeyp
 
 
 def test_the_weight_norms_of_the_trained_layers_are_recorded_per_epoch(cache_dir):
-    layers = lance.selection.trainable_layers(lance.models.build("mobilenet_v2", num_classes=10, pretrained=False), 2)
+    layers = lance.core.selection.trainable_layers(lance.models.build("mobilenet_v2", num_classes=10, pretrained=False), 2)
     moved = finetune(_cfg("lance"), data_dir=DATA, cache_dir=cache_dir, progress=False)["metrics"]
     still = finetune(_cfg("lance", lr=0.0), data_dir=DATA, cache_dir=cache_dir, progress=False)["metrics"]
     start = still["weight_norm_initial"]
@@ -134,7 +134,7 @@ def test_bad_config_is_refused():
 
 
 def test_the_angle_diagnostic_gives_nan_for_a_zero_gradient_instead_of_ending_the_run():
-    from lance.finetune import _angle_or_nan
+    from lance.experiments.finetune import _angle_or_nan
 
     g = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
     assert math.isnan(_angle_or_nan(torch.zeros(2, 2), g)) and math.isnan(_angle_or_nan(g, torch.zeros(2, 2)))

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from lance.book import glance
-from lance.results import RESULTS_DIR
+from lance.experiments.results import RESULTS_DIR
 
 
 @pytest.mark.parametrize("ours, paper, verdict", [([5.0, 2.8], [4.9, 4.0], "reproduced"),

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import lance
-from lance.hosvd import expand, project
+from lance.core.hosvd import expand, project
 
 from helpers import calibrated_pair, grads_of, random_batches, rel, single_layer_model
 
@@ -45,7 +45,7 @@ def test_full_rank_gradients_equal_autograd(case, compress_batch):
     torch.manual_seed(0)
     plain, compressed, cal = calibrated_pair(factory(), shape, energy=1.0, compress_batch=compress_batch)
     assert all(r is None or r == n for r, n in zip(cal["0"].ranks, shape)), "energy=1 keeps full ranks"
-    assert isinstance(compressed[0], lance.layers.LanceLayer)
+    assert isinstance(compressed[0], lance.core.layers.LanceLayer)
     x = torch.randn(shape, dtype=torch.float64)
     upstream = torch.randn_like(plain(x))
     y_ref, gx_ref, gw_ref, gb_ref = grads_of(plain, plain[0], x, upstream)
@@ -169,7 +169,7 @@ def test_angle_sweep_matches_direct_angles_and_is_zero_at_full_energy():
     data = random_batches((6, 3, 8, 8), n=3, seed=7)
     batches = [(x, torch.randint(0, 5, (6,), generator=torch.Generator().manual_seed(i))) for i, x in enumerate(data)]
     cal = lance.calibrate(model, data, layers, energy=0.5)
-    sweep = lance.fidelity.angle_sweep(model, layers, batches[:2], cal, [0.5, 1.0])
+    sweep = lance.analysis.fidelity.angle_sweep(model, layers, batches[:2], cal, [0.5, 1.0])
     assert len(sweep) == 2 * 2 * 2
     full = sweep[sweep.energy == 1.0]
     assert (full.angle_deg < 1e-5).all()
@@ -186,13 +186,13 @@ def test_position_energy_locates_the_energy_and_sums_to_one():
     x = torch.zeros(2, 3, 4, 5)
     x[:, :, 0, 0] = 3.0
     x[1, 2, 3, 4] = 4.0  # 16 of 18 * 9 + 16
-    e = lance.fidelity.position_energy(x)
+    e = lance.analysis.fidelity.position_energy(x)
     assert e.shape == (4, 5) and float(e.sum()) == pytest.approx(1.0)
     assert float(e[0, 0]) == pytest.approx(54 / 70) and float(e[3, 4]) == pytest.approx(16 / 70)
     y = torch.randn(3, 2, 3, 3, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(lance.fidelity.position_energy(y), (y.double() ** 2).sum((0, 1)) / (y.double() ** 2).sum())
+    assert torch.allclose(lance.analysis.fidelity.position_energy(y), (y.double() ** 2).sum((0, 1)) / (y.double() ** 2).sum())
     with pytest.raises(ValueError, match="B, C, H, W"):
-        lance.fidelity.position_energy(torch.ones(3, 4, 5))
+        lance.analysis.fidelity.position_energy(torch.ones(3, 4, 5))
 
 
 def test_gradient_share_is_one_when_the_inputs_live_in_the_kept_directions():
@@ -204,16 +204,16 @@ def test_gradient_share_is_one_when_the_inputs_live_in_the_kept_directions():
     x = torch.einsum("ck,bkhw->bchw", basis[:, :2], coeffs).float()
     loss = conv(x).pow(2).sum()
     (grad,) = torch.autograd.grad(loss, [conv.weight])
-    shares = lance.fidelity.gradient_share(grad, basis, [0, 1, 2, 6])
+    shares = lance.analysis.fidelity.gradient_share(grad, basis, [0, 1, 2, 6])
     assert shares[0] == 0.0 and shares[2] == pytest.approx(1.0, abs=1e-6) and shares[3] == pytest.approx(1.0)
     assert 0 < shares[1] < 1
     # the share by definition: the projection of the gradient's input-channel rows
     proj = basis[:, :1] @ basis[:, :1].T @ grad.double().reshape(4, 6).T
     assert shares[1] == pytest.approx(float(proj.pow(2).sum() / grad.double().pow(2).sum()))
     with pytest.raises(ValueError, match="depthwise"):
-        lance.fidelity.gradient_share(torch.ones(6, 1, 3, 3), basis, [1])
+        lance.analysis.fidelity.gradient_share(torch.ones(6, 1, 3, 3), basis, [1])
     with pytest.raises(ValueError, match="outside"):
-        lance.fidelity.gradient_share(grad, basis, [7])
+        lance.analysis.fidelity.gradient_share(grad, basis, [7])
 
 
 @pytest.mark.parametrize("case", ["plain3x3", "depthwise-stride2", "pointwise", "reflect"])

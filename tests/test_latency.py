@@ -11,9 +11,9 @@ import pytest
 
 import lance
 import lance.models
-from lance.latency import (LatencyConfig, format_latency, goal_lines, ratio_ranges, ratios, read_latency,
+from lance.experiments.latency import (LatencyConfig, format_latency, goal_lines, ratio_ranges, ratios, read_latency,
                            result_record, run_latency, summary)
-from lance.results import write_result
+from lance.experiments.results import write_result
 
 TINY = dict(model="mobilenet_v2", pretrained=False, resolution=64, batch_size=8, calibration_batches=2,
             data="samples", threads=1)
@@ -128,7 +128,7 @@ def test_more_layers_than_the_model_has_fails_before_any_timing():
 
 @pytest.mark.skipif(lance.models.weights_file("mobilenet_v2") is None, reason="needs the MobileNetV2 weights package")
 def test_cli_writes_a_result_file_and_never_silently_overwrites(tmp_path, capsys):
-    from lance.__main__ import main
+    from lance.cli import main
 
     out = tmp_path / "lat.json"
     argv = ["latency", "--model", "mobilenet_v2", "--resolution", "64", "--batch-size", "8", "--layers", "1",

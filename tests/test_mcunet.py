@@ -1,4 +1,4 @@
-"""MCUNet / ProxylessNAS networks built from the model zoo's JSON descriptions (lance.mcunet).
+"""MCUNet / ProxylessNAS networks built from the model zoo's JSON descriptions (lance.models.mcunet).
 
 The weights are found in $LANCE_WEIGHTS_DIR, else in ../shared/weights beside the repository
 (folder mcunet/ with the four .json/.pth pairs, see shared/weights/SOURCES.md).
@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 import lance
-from lance import data, mcunet, models
+from lance import data, models
+from lance.models import mcunet
 
 
 def _weights_root() -> Path | None:

@@ -1,4 +1,4 @@
-"""lance.plan: the planned paper-scale runs, matched against result files."""
+"""lance.experiments.plan: the planned paper-scale runs, matched against result files."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import shlex
 import pandas as pd
 import pytest
 
-from lance.__main__ import build_parser
-from lance.plan import PLAN, group_summary, plan_status
-from lance.results import write_result
+from lance.cli import build_parser
+from lance.experiments.plan import PLAN, group_summary, plan_status
+from lance.experiments.results import write_result
 
 
 def _finetune(**cfg):
@@ -78,9 +78,9 @@ def test_every_planned_command_is_a_valid_command_line(run):
 
 
 def test_status_page_lists_the_missing_runs_with_their_commands(tmp_path):
-    from lance import provenance
+    from lance.book.status import status_page
 
-    out = provenance.status_page(tmp_path, tmp_path / "status.md")
+    out = status_page(tmp_path, tmp_path / "status.md")
     text = out.read_text()
     assert "## Paper-scale runs" in text and "| Hours spent | Hours left (estimate) |" in text
     missing = plan_status()
@@ -91,7 +91,7 @@ def test_status_page_lists_the_missing_runs_with_their_commands(tmp_path):
 def test_plan_command_lists_and_runs_each_missing_command_once(monkeypatch, capsys, tmp_path):
     import subprocess
 
-    from lance.__main__ import main
+    from lance.cli import main
 
     # an empty result directory: every run is missing, whatever results the project has committed
     results = ["--results", str(tmp_path)]

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import lance
-from lance.finetune import FinetuneConfig, finetune
-from lance.pretrain import PretrainConfig, pretrain
+from lance.experiments.finetune import FinetuneConfig, finetune
+from lance.experiments.pretrain import PretrainConfig, pretrain
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 DATA = os.environ.get("LANCE_DATA_DIR") or (str(SHARED) if SHARED.is_dir() else None)
@@ -49,8 +49,8 @@ def test_bad_classes():
 
 
 def test_cli_skips_a_pretraining_that_is_done_or_runs_elsewhere(tmp_path, capsys):
-    from lance.__main__ import main
-    from lance.pretrain import checkpoint_name
+    from lance.cli import main
+    from lance.experiments.pretrain import checkpoint_name
 
     args = ["pretrain", "--classes", "0", "5", "--resolution", "32", "--epochs", "1", "--batch-size", "32",
             "--train-limit", "64", "--data-dir", DATA, "--out", str(tmp_path / "w"), "--results", str(tmp_path / "r")]
@@ -71,8 +71,8 @@ def test_cli_skips_a_pretraining_that_is_done_or_runs_elsewhere(tmp_path, capsys
 def test_a_record_of_other_weights_is_kept(tmp_path):
     """Retraining the same configuration elsewhere gives other weights: the earlier record, which
     fine-tuning runs name by its digest, stays and the new one gets its own file."""
-    from lance.pretrain import record_path
-    from lance.results import write_result
+    from lance.experiments.pretrain import record_path
+    from lance.experiments.results import write_result
 
     def record(digest):
         return {"config": {}, "metrics": {"weights_sha256": digest}, "provenance": {}}
@@ -84,7 +84,7 @@ def test_a_record_of_other_weights_is_kept(tmp_path):
     other = record_path(tmp_path, name, second)
     assert other == tmp_path / f"{name}_cdcdcdcd.json"
     cfg = PretrainConfig(classes=(0, 5), resolution=32, epochs=1, batch_size=32, train_limit=64)
-    from lance.pretrain import checkpoint_name
+    from lance.experiments.pretrain import checkpoint_name
 
     plain = tmp_path / "r" / f"{checkpoint_name(cfg)}.json"
     write_result(plain, record(first))

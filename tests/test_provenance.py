@@ -1,4 +1,4 @@
-"""lance.provenance: git commit, versions, hardware, and the book's status page."""
+"""lance.experiments.provenance: git commit, versions, hardware, and the book's status page."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lance import provenance as prov
-from lance.__main__ import main
+from lance.experiments import provenance as prov
+from lance.book.status import status_page
+from lance.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,7 +118,7 @@ def test_status_page_tabulates_executed_notebooks(tmp_path):
     _fake_executed_notebook(executed / "08_broken.ipynb", duration=3.0, exception=True)
     out = tmp_path / "book" / "status.md"
 
-    assert prov.status_page(executed, out) == out
+    assert status_page(executed, out) == out
     text = out.read_text()
     assert text.startswith("# Status and reproducibility")
     rows = {line.split("|")[1].strip(): line for line in text.splitlines()
@@ -139,7 +140,7 @@ def test_status_page_marks_error_outputs_failed(tmp_path):
     nb = json.loads(path.read_text())
     nb["cells"][0]["outputs"] = [{"output_type": "error", "ename": "E", "evalue": "", "traceback": []}]
     path.write_text(json.dumps(nb))
-    prov.status_page(tmp_path, tmp_path / "status.md")
+    status_page(tmp_path, tmp_path / "status.md")
     assert "| failed |" in (tmp_path / "status.md").read_text()
 
 

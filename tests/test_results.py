@@ -8,7 +8,7 @@ import os
 import pytest
 
 import lance
-from lance.results import load_results, write_result
+from lance.experiments.results import load_results, write_result
 
 
 def _record(acc):
@@ -80,7 +80,7 @@ def test_finetune_table_separates_settings_and_puts_the_papers_numbers_beside(tm
     assert table.acc.tolist() == [60.0, 40.0, 52.0] and table.seeds.tolist() == [1, 1, 2]
     # the spread over seeds: the sample standard deviation of 50 and 54, none for one seed
     assert table["acc sd"].iloc[2] == pytest.approx(2 ** 0.5 * 2) and table["acc sd"].iloc[:2].isna().all()
-    from lance.paper import paper_finetuning
+    from lance.book.paper import paper_finetuning
 
     paper = paper_finetuning()
     want = paper[(paper.table == "2") & (paper.model == "MCUNet") & (paper.method == "bp") & (paper.layers == 2)
@@ -98,8 +98,8 @@ def test_sweep_builds_every_configuration_and_skips_finished_ones(tmp_path, monk
     """`python -m lance sweep` hands the trainer one config per grid point, with the
     split-protocol options, does not rerun a setting whose result file exists, and leaves a
     setting that another running sweep holds to it."""
-    import lance.finetune as ft
-    from lance.__main__ import main
+    import lance.experiments.finetune as ft
+    from lance.cli import main
 
     seen = []
     monkeypatch.setattr(ft, "finetune", lambda cfg, **kw: seen.append(cfg))
@@ -246,7 +246,7 @@ def test_runs_at_another_learning_rate_have_a_table_of_their_own(tmp_path):
 
 
 def test_the_plan_does_not_count_a_run_at_another_learning_rate_as_the_papers(tmp_path):
-    from lance.plan import plan_status
+    from lance.experiments.plan import plan_status
 
     cfg = {"model": "mcunet-in2", "dataset": "cifar100", "method": "bp", "layers": 2, "energy": 0.7, "epochs": 10,
            "batch_size": 4, "seed": 42, "classes": None, "train_limit": 0, "calibration_batches": 100, "lr": 0.01}

@@ -9,6 +9,6 @@ Nothing below this package imports it: the algorithms and the experiments do not
 how the book shows them.
 """
 
-from . import figures, render, tables
+from lance.book import figures, render, tables
 
 __all__ = ["figures", "render", "tables"]

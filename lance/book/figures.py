@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .render import legend_below
+from lance.book.render import legend_below
 
 __all__ = ["image_grid", "energy_curves", "accuracy_matrices", "latency_figure", "tradeoff_figure",
            "subspace_figure", "sweep_figure", "fidelity_figure", "angle_figure", "history_figure",
@@ -36,7 +36,7 @@ def energy_curves(spectra: Sequence[Optional[Tensor]], labels: Sequence[str], en
     threshold ``energy`` and the rank Eq. 3 picks marked."""
     import matplotlib.pyplot as plt
 
-    from ..hosvd import energy_rank
+    from lance.core.hosvd import energy_rank
 
     shown = [(lab, s) for lab, s in zip(labels, spectra) if s is not None]
     fig, axes = plt.subplots(2, len(shown), figsize=(3.2 * len(shown), 5.2), squeeze=False)
@@ -65,7 +65,7 @@ def latency_figure(record: dict, log_scale: bool = True):
     import matplotlib.pyplot as plt
     from matplotlib import ticker
 
-    from ..latency import METHOD_LABELS, METHODS, PHASES, summary
+    from lance.experiments.latency import METHOD_LABELS, METHODS, PHASES, summary
 
     s = summary(record)
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), sharex=True)
@@ -93,8 +93,8 @@ def tradeoff_figure(table):
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    from .render import METHOD_NAMES
-    from .tables import PAPER_MODEL_NAMES
+    from lance.book.render import METHOD_NAMES
+    from lance.book.paper import PAPER_MODEL_NAMES
 
     methods = [m for m in ("bp", "hosvd", "asi", "lance") if len(table) and m in set(table.method)]
     models = sorted(set(table.model)) if len(table) else []
@@ -123,7 +123,7 @@ def accuracy_matrices(matrices: dict, annotate: bool = True, columns: int = 2):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .render import METHOD_NAMES
+    from lance.book.render import METHOD_NAMES
 
     names = list(matrices)
     columns = min(columns, len(names)) or 1
@@ -203,7 +203,7 @@ def fidelity_figure(per_layer):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from .render import short_layer
+    from lance.book.render import short_layer
 
     shown = per_layer.assign(layer=per_layer.layer.map(short_layer))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))

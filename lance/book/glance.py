@@ -2,7 +2,7 @@
 our number beside the paper's, a verdict computed from the two, and the chapter that shows it.
 
 Every number comes from the committed result files (through :mod:`lance.book.tables` and
-:mod:`lance.latency`) and from the paper's transcribed tables (:mod:`lance.paper`); nothing is
+:mod:`lance.experiments.latency`) and from the paper's transcribed tables (:mod:`lance.book.paper`); nothing is
 typed here. The verdicts follow fixed rules, stated once:
 
 - an accuracy difference (BP minus LANCE, LANCE minus a baseline) is *reproduced* when ours is
@@ -59,7 +59,7 @@ def _last_epochs(table, by=("layers",)):
 
 
 def _memory_row(table, model: str, name: str) -> dict:
-    from .tables import memory_ratios
+    from lance.book.tables import memory_ratios
 
     r = _last_epochs(memory_ratios(table[table.model == model]) if len(table) else table)
     claim = f"{name}: BP's activation memory over LANCE's (CIFAR-100)"
@@ -73,7 +73,7 @@ def _memory_row(table, model: str, name: str) -> dict:
 
 
 def _gap_row(table, model: str, name: str, what: str, where: str = _FT) -> dict:
-    from .tables import bp_lance_gap
+    from lance.book.tables import bp_lance_gap
 
     g = bp_lance_gap(table[table.model == model], ["layers", "epochs"]) if len(table) else table
     g = _last_epochs(g.dropna(subset=["gap (paper)"]) if len(g) else g)
@@ -107,7 +107,7 @@ def _baseline_row(table, model: str, name: str) -> dict:
 
 
 def _latency_row(records: dict) -> dict:
-    from ..latency import PHASES, ratios
+    from lance.experiments.latency import PHASES, ratios
 
     claim = "LANCE's training step is the fastest of BP, HOSVD, ASI and LANCE (MCUNet, batch 128)"
     record = next((r for name, r in sorted(records.items()) if r["config"].get("hosvd_solver", "gram") == "gram"),
@@ -166,11 +166,11 @@ _NOT_HERE = [
 def claims(finetune=None, continual=None, latency: Optional[dict] = None):
     """The table of claims (a DataFrame: claim, ours, paper, verdict, where). The arguments are
     :func:`lance.book.tables.finetune_results`, :func:`lance.book.tables.continual_results` and
-    :func:`lance.latency.load_latency` (each read from ``data/results`` when left out)."""
+    :func:`lance.experiments.latency.load_latency` (each read from ``data/results`` when left out)."""
     import pandas as pd
 
-    from ..latency import load_latency
-    from . import tables
+    from lance.experiments.latency import load_latency
+    from lance.book import tables
 
     finetune = tables.finetune_results() if finetune is None else finetune
     continual = tables.continual_results() if continual is None else continual
@@ -193,7 +193,7 @@ def claims(finetune=None, continual=None, latency: Optional[dict] = None):
 
 def glance_markdown(table=None) -> str:
     """The front page's section: the claims as a numbered table, and how the verdicts are made."""
-    from .render import markdown_table
+    from lance.book.render import markdown_table
 
     table = claims() if table is None else table
     counts = table.verdict.value_counts()

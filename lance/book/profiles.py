@@ -11,7 +11,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Mapping
 
-from ..errors import LanceError
+from lance.errors import LanceError
 
 __all__ = ["sizes", "PROFILE_NAMES"]
 

@@ -120,7 +120,7 @@ def readable(table, columns: Optional[Mapping[str, str]] = None):
     names, short layer names and headers with units (:data:`COLUMN_NAMES`, then ``columns``).
     An ``acc sd`` column (the spread over seeds) is written into ``acc`` as "mean ± sd" once
     some row has one, so the table keeps its width."""
-    from .tables import PAPER_MODEL_NAMES
+    from lance.book.paper import PAPER_MODEL_NAMES
 
     out = table.copy()
     if "acc sd" in out:  # the spread over seeds goes beside the mean, in the same column

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ..paper import paper_finetuning
-from ..results import RESULTS_DIR, load_results
+from lance.book.paper import PAPER_MODEL_NAMES, paper_finetuning
+from lance.experiments.results import RESULTS_DIR, load_results
 
 __all__ = ["finetune_results", "finetune_table", "batch_compressed", "paper_lr", "lr_table", "weight_norm_history",
            "split_weights", "bp_lance_gap", "memory_ratios", "paper_setting", "batch_mode_table", "lr_gaps",
@@ -15,8 +15,6 @@ __all__ = ["finetune_results", "finetune_table", "batch_compressed", "paper_lr",
            "PAPER_MODEL_NAMES"]
 
 #: how the paper names the models of this project
-PAPER_MODEL_NAMES = {"mcunet-in2": "MCUNet", "mobilenet_v2": "MobileNetV2", "resnet18": "ResNet18",
-                     "resnet34": "ResNet34"}
 _METHOD_ORDER = {"bp": 0, "hosvd": 1, "asi": 2, "lance": 3}
 
 
@@ -47,7 +45,7 @@ def paper_lr(results):
     all were). Runs at other rates are their own experiment (:func:`lr_table`)."""
     import pandas as pd
 
-    from ..finetune import DEFAULT_LR
+    from lance.experiments.finetune import DEFAULT_LR
 
     if "config.lr" not in results:
         return pd.Series(True, index=results.index)
@@ -89,7 +87,7 @@ def _runs_at_any_lr(results, model: str, dataset: str, batch_size: int):
     """The full runs of one model, dataset and batch size at the paper's other settings (eps 0.7,
     100 calibration batches, the batch mode projected), whatever their learning rate, with an
     ``lr`` column (0.05 for files written before the rate was recorded)."""
-    from ..finetune import DEFAULT_LR
+    from lance.experiments.finetune import DEFAULT_LR
 
     sel = results[(results["config.model"] == model)
                   & paper_setting(results, dataset=dataset, batch_size=batch_size, any_lr=True)]
@@ -365,7 +363,7 @@ def stored_activation_mb(run) -> float:
     row of :func:`continual_results`."""
     from math import prod
 
-    from ..errors import LanceError
+    from lance.errors import LanceError
 
     if run["config.method"] != "lance":
         return float(run["metrics.activation_mb"])
@@ -380,7 +378,7 @@ def stored_activation_mb(run) -> float:
 def default_settings(full):
     """True for runs in the benchmark's default setting: LANCE at the default energy, the
     memory threshold(s) of the benchmark's defaults."""
-    from ..cl_train import ContinualConfig, benchmark_defaults
+    from lance.experiments.continual import ContinualConfig, benchmark_defaults
 
     flags = []
     for _, run in full.iterrows():
@@ -401,11 +399,11 @@ def continual_table(results):
     the epoch budget, training images per task and seeds behind them, beside the published
     ACC / BWT (GPM's Table 1 for GPM and the bounds, the LANCE paper for LANCE; left empty
     where datasets of the benchmark were missing). ``default`` marks the benchmark's default
-    setting (see :func:`lance.cl_train.benchmark_defaults`); the other rows are sweeps. Runs on
+    setting (see :func:`lance.experiments.continual.benchmark_defaults`); the other rows are sweeps. Runs on
     the first tasks only (``config.tasks``) are left out."""
     import pandas as pd
 
-    from ..paper import paper_continual
+    from lance.book.paper import paper_continual
 
     paper = paper_continual()
     rows = []
@@ -481,7 +479,7 @@ def continual_main(every):
 def continual_default_runs(results, benchmark: str = "split_cifar100"):
     """The runs of each method over every task of ``benchmark`` on the whole training set in the
     default setting, one per method (the largest epoch budget), as rows of
-    :func:`continual_results`, in the order of :data:`lance.cl_train.CL_METHODS`."""
+    :func:`continual_results`, in the order of :data:`lance.experiments.continual.CL_METHODS`."""
     import pandas as pd
 
     if not len(results):
@@ -526,7 +524,7 @@ def angle_curves(results, dataset: str = "cifar100"):
     the epoch (the paper's Fig. 2 protocol)."""
     import pandas as pd
 
-    from .render import METHOD_NAMES
+    from lance.book.render import METHOD_NAMES
 
     cols = ["run", "method", "epoch", "layer", "angle"]
     rows = []

@@ -19,13 +19,13 @@ Datasets, from files the user has (nothing is downloaded unless asked)::
   photographs where CIFAR-100 is missing), for live demonstrations.
 """
 
-from .catalog import DATASETS, load, source
-from .checksums import KNOWN_MD5, md5_of, verify_md5
-from .dataset import ImageDataset, transforms
-from .imageset import ImageSet, split_classes
-from .locate import ENV_VAR, data_dir
-from .samples import augmented_batches, normalize, sample_images
-from .tensors import Images, training_images
+from lance.data.catalog import DATASETS, load, source
+from lance.data.checksums import KNOWN_MD5, md5_of, verify_md5
+from lance.data.dataset import ImageDataset, transforms
+from lance.data.imageset import ImageSet, split_classes
+from lance.data.locate import ENV_VAR, data_dir
+from lance.data.samples import augmented_batches, normalize, sample_images
+from lance.data.tensors import Images, training_images
 
 __all__ = [
     "load", "DATASETS", "source", "data_dir", "ENV_VAR",

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..errors import LanceError
-from . import cifar, cub, flowers, locate, miniimagenet, mnist, notmnist, pets, svhn
-from .imageset import ImageSet
-from .locate import PathLike, Search, Source
+from lance.errors import LanceError
+from lance.data import cifar, cub, flowers, locate, miniimagenet, mnist, notmnist, pets, svhn
+from lance.data.imageset import ImageSet
+from lance.data.locate import PathLike, Search, Source
 
 __all__ = ["DATASETS", "load", "source"]
 

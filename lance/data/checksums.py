@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Union
 
-from ..errors import LanceError
+from lance.errors import LanceError
 
 __all__ = ["KNOWN_MD5", "md5_of", "verify_md5"]
 

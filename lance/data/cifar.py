@@ -16,11 +16,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..errors import LanceError
-from .checksums import verify_md5
-from .imageset import ImageSet
-from .locate import Archive, Search, Source
-from .pickles import load_pickle, str_keys
+from lance.errors import LanceError
+from lance.data.checksums import verify_md5
+from lance.data.imageset import ImageSet
+from lance.data.locate import Archive, Search, Source
+from lance.data.pickles import load_pickle, str_keys
 
 __all__ = ["CIFAR10", "CIFAR100"]
 

@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..errors import LanceError
-from ..models import IMAGENET_MEAN, IMAGENET_STD
-from .imageset import ImageSet
+from lance.errors import LanceError
+from lance.models.zoo import IMAGENET_MEAN, IMAGENET_STD
+from lance.data.imageset import ImageSet
 
 __all__ = ["ImageDataset", "transforms", "Channels", "Resize", "ImageNetNormalize"]
 

@@ -15,11 +15,11 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import LanceError
-from .checksums import verify_md5
-from .imageset import ImageSet
-from .locate import Archive, Search, Source
-from .matlab import loadmat
+from lance.errors import LanceError
+from lance.data.checksums import verify_md5
+from lance.data.imageset import ImageSet
+from lance.data.locate import Archive, Search, Source
+from lance.data.matlab import loadmat
 
 __all__ = ["FLOWERS102"]
 

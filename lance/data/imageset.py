@@ -15,7 +15,7 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor
 
-from ..errors import LanceError
+from lance.errors import LanceError
 
 __all__ = ["ImageSet", "split_classes"]
 

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 from urllib.parse import urlparse
 
-from ..errors import LanceError
-from .checksums import verify_md5
+from lance.errors import LanceError
+from lance.data.checksums import verify_md5
 
 __all__ = ["ENV_VAR", "data_dir", "package_dir", "Source", "Archive", "Search", "download"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import LanceError
+from lance.errors import LanceError
 
 __all__ = ["loadmat"]
 

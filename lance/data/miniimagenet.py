@@ -31,9 +31,9 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from ..errors import LanceError
-from .imageset import ImageSet
-from .locate import Search, Source
+from lance.errors import LanceError
+from lance.data.imageset import ImageSet
+from lance.data.locate import Search, Source
 
 __all__ = ["MINIIMAGENET", "IMAGENET_ENV_VAR", "CL_TRAIN_PER_CLASS"]
 

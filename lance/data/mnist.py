@@ -24,11 +24,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..errors import LanceError
-from .checksums import verify_md5
-from .imageset import ImageSet
-from .locate import Search, Source
-from .pickles import load_pickle
+from lance.errors import LanceError
+from lance.data.checksums import verify_md5
+from lance.data.imageset import ImageSet
+from lance.data.locate import Search, Source
+from lance.data.pickles import load_pickle
 
 __all__ = ["MNIST", "FASHION_MNIST", "read_idx"]
 

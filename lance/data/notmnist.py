@@ -25,9 +25,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..errors import LanceError
-from .imageset import ImageSet
-from .locate import Search, Source
+from lance.errors import LanceError
+from lance.data.imageset import ImageSet
+from lance.data.locate import Search, Source
 
 __all__ = ["NOTMNIST", "LETTERS"]
 

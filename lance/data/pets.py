@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ..errors import LanceError
-from .imageset import ImageSet
-from .locate import Archive, Search, Source
+from lance.errors import LanceError
+from lance.data.imageset import ImageSet
+from lance.data.locate import Archive, Search, Source
 
 __all__ = ["PETS"]
 

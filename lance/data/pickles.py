@@ -12,7 +12,7 @@ import io
 import pickle
 from typing import Any, BinaryIO
 
-from ..errors import LanceError
+from lance.errors import LanceError
 
 __all__ = ["load_pickle", "str_keys"]
 

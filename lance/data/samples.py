@@ -14,8 +14,8 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
-from ..errors import LanceError
-from ..models import IMAGENET_MEAN, IMAGENET_STD
+from lance.errors import LanceError
+from lance.models.zoo import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["sample_images", "augmented_batches", "normalize"]
 

@@ -14,11 +14,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..errors import LanceError
-from .checksums import verify_md5
-from .imageset import ImageSet
-from .locate import Search, Source
-from .matlab import loadmat
+from lance.errors import LanceError
+from lance.data.checksums import verify_md5
+from lance.data.imageset import ImageSet
+from lance.data.locate import Search, Source
+from lance.data.matlab import loadmat
 
 __all__ = ["SVHN"]
 

@@ -6,7 +6,7 @@ trainable layers. ``run_latency(LatencyConfig())`` does the same here:
 
 * for each number ``n`` of trainable layers (the last ``n`` ``nn.Conv2d``, plus the classifier
   head, whose backward counts too), the frozen part before the block of the first trainable
-  layer is cut off (:func:`lance.cache.split_model`) and its output computed once per batch:
+  layer is cut off (:func:`lance.experiments.cache.split_model`) and its output computed once per batch:
   every method then times the same training step of the same trainable part;
 * LANCE and ASI use one calibration (Phase I, not timed: it runs once before fine-tuning;
   its time is recorded beside the results); ASI takes its fixed ranks from it, HOSVD
@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import LanceError
+from lance.errors import LanceError
 
 __all__ = ["LatencyConfig", "METHODS", "PHASES", "METHOD_LABELS", "run_latency", "format_latency", "summary", "ratios",
            "ratio_ranges", "goal_lines", "result_record", "read_latency", "load_latency"]
@@ -61,7 +61,7 @@ def _positive_int(value, name: str, minimum: int = 1) -> int:
 class LatencyConfig:
     """One latency experiment. Defaults: the paper's setting (Sec. 3.4)."""
 
-    model: str = "mcunet-in2"  # a name lance.models.build accepts
+    model: str = "mcunet-in2"  # a name lance.models.zoo.build accepts
     batch_size: int = 128
     resolution: int = 0  # 0: the model's native resolution (160 px for mcunet-in2)
     layer_counts: tuple[int, ...] = tuple(range(1, 11))  # numbers of last conv layers trained
@@ -80,8 +80,8 @@ class LatencyConfig:
     threads: int = 1  # torch threads (0: torch's default); see the module docstring
 
     def __post_init__(self):
-        from .hosvd import check_energy
-        from .models import MODEL_NAMES
+        from lance.core.hosvd import check_energy
+        from lance.models.zoo import MODEL_NAMES
 
         if self.model not in MODEL_NAMES:
             raise LanceError(f"unknown model {self.model!r}; choose one of {sorted(MODEL_NAMES)}.")
@@ -110,7 +110,7 @@ class LatencyConfig:
             raise LanceError(f"methods has repeated entries: {self.methods}.")
         self.energy = check_energy(self.energy, "energy")
         self.hosvd_energy = check_energy(self.hosvd_energy, "hosvd_energy")
-        from .hosvd import SOLVERS
+        from lance.core.hosvd import SOLVERS
 
         if self.hosvd_solver not in SOLVERS:
             raise LanceError(f"hosvd_solver must be one of {SOLVERS}, got {self.hosvd_solver!r}.")
@@ -126,7 +126,7 @@ class LatencyConfig:
 def _cifar_batches(cfg: LatencyConfig, resolution: int, n: int, data_dir) -> tuple[list, str]:
     """``n`` batches of CIFAR-100 training images of classes 0..num_classes-1, upscaled to
     ``resolution``, randomly flipped, normalised; with their labels."""
-    from . import data
+    from lance import data
 
     train = data.split_classes(data.load("cifar100", "train", data_dir), range(cfg.num_classes))
     g = torch.Generator().manual_seed(cfg.seed)
@@ -149,7 +149,7 @@ def _cifar_batches(cfg: LatencyConfig, resolution: int, n: int, data_dir) -> tup
 
 
 def _sample_batches(cfg: LatencyConfig, resolution: int, n: int) -> tuple[list, str]:
-    from . import data
+    from lance import data
 
     images, _ = data.sample_images(resolution)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -181,8 +181,8 @@ def _head_name(model: nn.Module) -> str:
 
 
 def _prepare(base: nn.Module, method: str, calib, cfg: LatencyConfig) -> nn.Module:
-    from .baselines import asi_factory, hosvd_factory
-    from .layers import compress
+    from lance.analysis.baselines import asi_factory, hosvd_factory
+    from lance.core.layers import compress
 
     model = copy.deepcopy(base)
     if method == "bp":
@@ -226,11 +226,11 @@ def run_latency(cfg: LatencyConfig, *, data_dir=None, weights_dir=None, log: Cal
     ``backward_s`` and ``total_s`` (``trials x iterations`` values each, trial-major) and
     ``trial`` (the trial of each value), plus the ranks used.
     """
-    from . import models
-    from .cache import split_model
-    from .calibration import calibrate
-    from .provenance import provenance
-    from .selection import set_trainable, trainable_layers
+    from lance.models import zoo as models
+    from lance.experiments.cache import split_model
+    from lance.core.calibration import calibrate
+    from lance.experiments.provenance import provenance
+    from lance.core.selection import set_trainable, trainable_layers
 
     start = time.perf_counter()
     started = provenance(config=asdict(cfg), seed=cfg.seed)
@@ -316,7 +316,7 @@ def result_record(record: dict) -> dict:
 
 def read_latency(path) -> dict:
     """A latency result file, in the form :func:`run_latency` returns."""
-    from .results import read_result
+    from lance.experiments.results import read_result
 
     d = read_result(path)
     if "results" in d:
@@ -330,7 +330,7 @@ def read_latency(path) -> dict:
 
 def load_latency(directory=None) -> dict[str, dict]:
     """Every latency result file under ``directory`` (default ``data/results/latency``), by file name."""
-    from .results import RESULTS_DIR
+    from lance.experiments.results import RESULTS_DIR
 
     directory = Path(directory) if directory else RESULTS_DIR / "latency"
     return {p.name: read_latency(p) for p in sorted(directory.glob("*.json"))}

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import LanceError
+from lance.errors import LanceError
 
 __all__ = ["blocks", "split_model", "FeatureCache", "Split"]
 
@@ -141,7 +141,7 @@ class FeatureCache:
               batch_size: int = 128, progress: bool = True) -> None:
         """Fill the cache. ``images(indices)`` returns the (normalised) input batch for those
         samples; the mirror image is ``flip(-1)`` of it."""
-        from .locks import wait_and_claim
+        from lance.experiments.locks import wait_and_claim
 
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.complete:

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["paper_finetuning", "paper_continual", "PAPER_DIR"]
+# the models as the paper names them, by this package's names for them
+PAPER_MODEL_NAMES = {"mcunet-in2": "MCUNet", "mobilenet_v2": "MobileNetV2", "resnet18": "ResNet18",
+                     "resnet34": "ResNet34"}
 
-PAPER_DIR = Path(__file__).resolve().parent.parent / "data" / "paper"
+__all__ = ["paper_finetuning", "paper_continual", "PAPER_DIR", "PAPER_MODEL_NAMES"]
+
+PAPER_DIR = Path(__file__).resolve().parents[2] / "data" / "paper"
 
 
 def paper_finetuning():

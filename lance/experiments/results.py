@@ -14,11 +14,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import LanceError
+from lance.errors import LanceError
 
 __all__ = ["write_result", "read_result", "load_results", "RESULTS_DIR"]
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "data" / "results"
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "data" / "results"
 
 
 def _clean(value: Any) -> Any:

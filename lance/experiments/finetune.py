@@ -4,7 +4,7 @@
 pretrained model on a dataset with one of four methods, on the same data order, schedule and
 seed, and returns (and, with ``out_dir``, writes) one result record with accuracy, ranks,
 activation memory (analytic and measured), FLOPs, the gradient angle per epoch, wall time and
-provenance. The frozen part's output is cached (``lance.cache``); runs resume from a
+provenance. The frozen part's output is cached (``lance.experiments.cache``); runs resume from a
 checkpoint written after every epoch.
 """
 
@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .accounting import MIB, activation_memory, measured_bytes, saved_tensors
-from .baselines import asi_factory, hosvd_factory
-from .cache import FeatureCache, split_model
-from .calibration import calibrate
-from .errors import LanceError
-from .fidelity import gradient_angle
-from .layers import compress, compressed_layers, exact_backward
-from .selection import head_name, set_trainable, trainable_layers
+from lance.analysis.accounting import MIB, activation_memory, measured_bytes, saved_tensors
+from lance.analysis.baselines import asi_factory, hosvd_factory
+from lance.experiments.cache import FeatureCache, split_model
+from lance.core.calibration import calibrate
+from lance.errors import LanceError
+from lance.analysis.fidelity import gradient_angle
+from lance.core.layers import compress, compressed_layers, exact_backward
+from lance.core.selection import head_name, set_trainable, trainable_layers
 
 __all__ = ["FinetuneConfig", "PROFILES", "finetune", "result_name", "METHODS", "image_fn"]
 
@@ -114,7 +114,7 @@ def result_name(cfg: FinetuneConfig) -> str:
 # data and model
 # ---------------------------------------------------------------------------------------
 def _subset(imageset, limit: int, seed: int):
-    from . import data
+    from lance import data
 
     if not limit or limit >= len(imageset.labels):
         return imageset
@@ -125,7 +125,7 @@ def _subset(imageset, limit: int, seed: int):
 def image_fn(imageset, resolution: int):
     """``f(indices) -> normalised float batch`` of ``imageset`` at ``resolution``, as the fine-tuning
     runs see it before their frozen part (no augmentation; flips are the cache's)."""
-    from . import data
+    from lance import data
 
     if isinstance(imageset.images, torch.Tensor):
         def images(idx):
@@ -150,7 +150,7 @@ def _angle_or_nan(approx, exact) -> float:
 
 
 def _build_model(cfg: FinetuneConfig, num_classes: int, weights_dir) -> tuple[nn.Module, str]:
-    from . import models
+    from lance.models import zoo as models
 
     torch.manual_seed(cfg.seed)  # the new head's initialisation
     if cfg.pretrained == "imagenet":
@@ -228,9 +228,10 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
     never replaced unless ``overwrite``. With ``checkpoint_dir`` a checkpoint is written after
     every epoch and an interrupted run resumes from it.
     """
-    from . import data, models
-    from .provenance import provenance
-    from .results import write_result
+    from lance import data
+    from lance.models import zoo as models
+    from lance.experiments.provenance import provenance
+    from lance.experiments.results import write_result
 
     start_time = time.perf_counter()
     started = provenance(config=dataclasses.asdict(cfg), seed=cfg.seed)  # the code that runs is today's

@@ -7,11 +7,11 @@ from torchvision's own download when the machine is online. The classifier head 
 by a new ``nn.Linear(num_classes)`` unless ``num_classes`` is 1000 (ImageNet's own head).
 
 The MCUNet / ProxylessNAS networks of MIT HAN Lab's model zoo (``mcunet-in2``, ``mcunet-in3``,
-``proxyless-w0.25``, ``proxyless-w0.3``) are built by :mod:`lance.mcunet` from the zoo's JSON
+``proxyless-w0.25``, ``proxyless-w0.3``) are built by :mod:`lance.models.mcunet` from the zoo's JSON
 description and loaded from its ``.pth`` checkpoint, both searched in the weights directory
 (and its ``mcunet/`` subfolder); they cannot be downloaded here. Their weights were trained on
 inputs in [-1, 1]; ``build`` makes them accept ImageNet-normalised inputs like the torchvision
-models (see :mod:`lance.mcunet`), so ``lance.data.normalize`` serves every model.
+models (see :mod:`lance.models.mcunet`), so ``lance.data.normalize`` serves every model.
 ``resolution(name)`` is each model's native input size.
 """
 
@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .errors import LanceError
+from lance.errors import LanceError
 
 __all__ = ["build", "weights_file", "config_file", "resolution", "available", "MODELS", "MCUNET_MODELS", "MODEL_NAMES",
            "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -109,7 +109,7 @@ def _missing_zoo_files(name: str, weights_dir, what: str) -> LanceError:
 
 
 def _build_mcunet(name: str, num_classes: int, pretrained: bool, weights_dir) -> nn.Module:
-    from . import mcunet
+    from lance.models import mcunet
 
     cfg_path = config_file(name, weights_dir)
     if cfg_path is None:

@@ -20,11 +20,11 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .calibration import Calibration
-from .errors import BatchSizeError
-from .hosvd import projection_order
-from .layers import LanceLayer
-from .selection import resolve_layers
+from lance.core.calibration import Calibration
+from lance.errors import BatchSizeError
+from lance.core.hosvd import projection_order
+from lance.core.layers import LanceLayer
+from lance.core.selection import resolve_layers
 
 __all__ = ["activation_memory", "saved_tensors", "measured_bytes", "layer_shapes", "MIB"]
 

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .errors import LanceError
+from lance.errors import LanceError
 
 __all__ = [
     "unfold",
@@ -283,9 +283,8 @@ def truncation_bound(spectra: Sequence[Optional[Tensor]], ranks: Sequence[Option
 
 def ranks_by_energy(spectra: Sequence[Optional[Tensor]], energies: Sequence[float],
                     mode_labels: Optional[Sequence[str]] = None):
-    """A pandas table: for each energy threshold, the rank Eq. 3 picks in every mode."""
-    import pandas as pd
-
+    """For each energy threshold, the rank Eq. 3 picks in every mode: one row (a dict) per
+    threshold, ``{"energy": e, label: rank, ...}`` (for a table: ``pandas.DataFrame(rows)``)."""
     labels = list(mode_labels) if mode_labels else [f"mode {m}" for m in range(len(spectra))]
     rows = []
     for e in energies:
@@ -293,7 +292,7 @@ def ranks_by_energy(spectra: Sequence[Optional[Tensor]], energies: Sequence[floa
         for label, s in zip(labels, spectra):
             row[label] = None if s is None else energy_rank(s, e)
         rows.append(row)
-    return pd.DataFrame(rows)
+    return rows
 
 
 def compressed_numel(shape: Sequence[int], ranks: Sequence[Optional[int]]) -> int:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .finetune import DEFAULT_LR
-from .results import RESULTS_DIR
+from lance.experiments.finetune import DEFAULT_LR
+from lance.experiments.results import RESULTS_DIR
 
 __all__ = ["group_summary", "PlannedRun", "PLAN", "plan_status"]
 

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .calibration import Calibration, LayerCalibration
-from .errors import BatchSizeError, CalibrationMismatchError, InputShapeError, LanceError
-from .hosvd import expand, is_channels_last, mode_product, project
-from .selection import layer_spec, resolve_layers
+from lance.core.calibration import Calibration, LayerCalibration
+from lance.errors import BatchSizeError, CalibrationMismatchError, InputShapeError, LanceError
+from lance.core.hosvd import expand, is_channels_last, mode_product, project
+from lance.core.selection import layer_spec, resolve_layers
 
 __all__ = [
     "ConvGeometry",

@@ -6,7 +6,7 @@ or one shared head for Permuted MNIST) with
 * ``lance``: task 1 with plain BP; after every task each shared layer's memory ``M`` of
   input-feature directions grows (GPM's residual-energy criterion, threshold
   ``0.97 + 0.003 t``); before every later task Phase I runs with the input-feature factor
-  chosen in the null space of ``M`` (:func:`lance.continual.calibrate_in_null_space`), and the
+  chosen in the null space of ``M`` (:func:`lance.core.memory.calibrate_in_null_space`), and the
   task trains with LANCE layers (compressed activations, weight updates orthogonal to ``M``).
 * ``gpm``: plain BP with every weight gradient projected off GPM's stored bases (patch space
   for convolutions), grown after every task by the same criterion.
@@ -36,12 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .accounting import MIB, activation_memory, measured_bytes, saved_tensors
-from .cl_benchmarks import Benchmark, build_benchmark
-from .cl_models import DEFAULT_MODEL, ContinualNet, build_cl_model
-from .continual import ContinualMemory, calibrate_in_null_space, gpm_threshold, project_gradients
-from .errors import LanceError
-from .layers import compress, decompress
+from lance.analysis.accounting import MIB, activation_memory, measured_bytes, saved_tensors
+from lance.data.tasks import Benchmark, build_benchmark
+from lance.models.continual import DEFAULT_MODEL, ContinualNet, build_cl_model
+from lance.core.memory import ContinualMemory, calibrate_in_null_space, gpm_threshold, project_gradients
+from lance.errors import LanceError
+from lance.core.layers import compress, decompress
 
 __all__ = ["ContinualConfig", "CL_METHODS", "CL_PROFILES", "profile_settings", "continual", "cl_result_name", "acc_bwt",
            "benchmark_defaults"]
@@ -304,8 +304,8 @@ def continual(config: ContinualConfig, *, out_dir: Optional[os.PathLike] = None,
     """Run one continual-learning experiment; returns the result record (and writes it under
     ``out_dir`` when given). ``benchmark`` may be passed already built (it must match
     ``config.benchmark`` and the limits)."""
-    from .provenance import provenance
-    from .results import write_result
+    from lance.experiments.provenance import provenance
+    from lance.experiments.results import write_result
 
     c = config.validate()
     name = cl_result_name(c)

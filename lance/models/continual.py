@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import LanceError
+from lance.errors import LanceError
 
 __all__ = ["ContinualNet", "AlexNetCL", "ReducedResNet18", "MLP", "build_cl_model", "CL_MODELS"]
 

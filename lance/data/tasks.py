@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import data as lance_data
-from .errors import LanceError
+from lance import data as lance_data
+from lance.errors import LanceError
 
 __all__ = ["Task", "Benchmark", "BENCHMARKS", "build_benchmark", "split_cifar100", "permuted_mnist",
            "five_datasets", "split_miniimagenet"]

@@ -35,7 +35,7 @@ normalisation), and on the 20 sample photographs mcunet-in2 gets 16/20 right wit
 records the normalisation its weights expect (``weights_mean``, ``weights_std``) and,
 after ``model.set_input_normalization(mean, std)``, accepts inputs normalised with
 ``mean``/``std`` instead: its forward maps them exactly (per channel, one multiply-add, no
-parameters, nothing saved for backward) to what the weights expect. ``lance.models.build``
+parameters, nothing saved for backward) to what the weights expect. ``lance.models.zoo.build``
 does this with ImageNet's mean/std, so every model it builds takes ``lance.data.normalize``'s
 output; ``build_from_config`` leaves the network raw (inputs as ``(x - 0.5) / 0.5``).
 """
@@ -50,7 +50,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .errors import LanceError
+from lance.errors import LanceError
 
 __all__ = ["MCUNet", "ConvLayer", "MBInvertedConv", "MobileInvertedResidualBlock", "LinearLayer",
            "build_from_config", "load_config", "load_checkpoint", "RESOLUTIONS", "ZOO_MEAN", "ZOO_STD"]
@@ -129,7 +129,7 @@ class MBInvertedConv(nn.Module):
         super().__init__()
         if cfg.get("use_se"):
             raise LanceError("MBInvertedConvLayer with use_se=true (squeeze-excitation) is not supported "
-                             "by lance.mcunet; none of the four zoo networks it was written for use it.")
+                             "by lance.models.mcunet; none of the four zoo networks it was written for use it.")
         cin, cout, k = cfg["in_channels"], cfg["out_channels"], cfg["kernel_size"]
         expand = cfg.get("expand_ratio", 6)
         mid = cfg.get("mid_channels")

@@ -2,7 +2,7 @@
 
 ImageNet weights for ResNet18/34 cannot be had on these machines, so the project follows the
 protocol the paper itself uses for its ImageNet-scale experiment: pretrain on half of the
-classes (split A), then fine-tune on the other half (split B) with ``lance.finetune``
+classes (split A), then fine-tune on the other half (split B) with ``lance.experiments.finetune``
 (``pretrained=<the checkpoint>``, ``classes=(50, 100)``). ``pretrain(config)`` trains the whole
 network from scratch on split A with the usual recipe (SGD with momentum, cosine schedule,
 random crops and flips), checkpoints every epoch (runs resume), and writes the state_dict
@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .errors import LanceError
+from lance.errors import LanceError
 
 __all__ = ["PretrainConfig", "pretrain", "checkpoint_name", "record_path"]
 
@@ -55,7 +55,7 @@ def checkpoint_name(cfg: PretrainConfig) -> str:
 def _batches(images: torch.Tensor, labels: torch.Tensor, cfg: PretrainConfig, epoch: int, train: bool):
     """Normalised batches at ``cfg.resolution``; in training, random crops (4/32 of the side
     as padding, reflect) and horizontal flips drawn from a per-epoch generator."""
-    from .data import normalize
+    from lance.data import normalize
 
     n = len(labels)
     g = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
@@ -82,9 +82,10 @@ def pretrain(cfg: PretrainConfig, *, data_dir=None, out_dir: str | os.PathLike =
              log=print) -> dict:
     """Train ``cfg.model`` from scratch on classes ``cfg.classes`` of ``cfg.dataset``; returns the
     result record (the state_dict goes to ``out_dir/<name>.pt``; never committed)."""
-    from . import data, models
-    from .provenance import provenance
-    from .results import write_result
+    from lance import data
+    from lance.models import zoo as models
+    from lance.experiments.provenance import provenance
+    from lance.experiments.results import write_result
 
     started = provenance(config=dataclasses.asdict(cfg), seed=cfg.seed)
     t_start = time.perf_counter()
@@ -161,7 +162,7 @@ def record_path(results_dir: Path, name: str, digest: str) -> Path:
     that name describes other weights (the same configuration trained again on another machine,
     say: fine-tuning runs that name those weights by their digest still need it), then
     ``<name>_<first 8 hex digits>.json``. A record of the same weights is replaced."""
-    from .results import read_result
+    from lance.experiments.results import read_result
 
     plain = results_dir / f"{name}.json"
     if not plain.exists() or read_result(plain).get("metrics", {}).get("weights_sha256") == digest:

@@ -47,7 +47,7 @@ def weight_gradients(model, layers, inputs, targets, loss_fn=None) -> dict:
     ``.grad``; the model's mode is left as it is."""
     import torch.nn.functional as F
 
-    from .selection import resolve_layers
+    from lance.core.selection import resolve_layers
 
     modules = resolve_layers(model, layers)
     loss = (loss_fn or F.cross_entropy)(model(inputs), targets)
@@ -75,8 +75,8 @@ def angle_sweep(model, layers, batches, calibration, energies, loss_fn=None):
 
     import pandas as pd
 
-    from .accounting import activation_memory
-    from .layers import compress
+    from lance.analysis.accounting import activation_memory
+    from lance.core.layers import compress
 
     exact = [weight_gradients(model, layers, x, y, loss_fn) for x, y in batches]
     in_size, batch_size = tuple(batches[0][0].shape[1:]), batches[0][0].shape[0]

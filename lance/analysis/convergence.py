@@ -28,7 +28,7 @@ The theorems hold for the *input-feature* projection only; :func:`input_mode_onl
 calibration into that setting (the other modes uncompressed), :func:`restrict_modes` into any
 other choice of projected modes. Gradients come from one model
 with LANCE layers: its ordinary backward gives ``ĝ``, the same model under
-:func:`lance.layers.exact_backward` gives ``g``.
+:func:`lance.core.layers.exact_backward` gives ``g``.
 """
 
 from __future__ import annotations
@@ -43,14 +43,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .calibration import Calibration, LayerCalibration, ModeBasis
-from .data.tensors import Images, training_images  # noqa: F401  (re-exported: the chapter's data)
-from .errors import LanceError
-from .hosvd import mode_product
-from .layers import LanceLayer, compressed_layers, exact_backward
+from lance.core.calibration import Calibration, LayerCalibration, ModeBasis
+from lance.errors import LanceError
+from lance.core.hosvd import mode_product
+from lance.core.layers import LanceLayer, compressed_layers, exact_backward
 
 __all__ = [
-    "ConvergenceConfig", "PROFILES", "Images", "training_images",
+    "ConvergenceConfig", "PROFILES",
     "restrict_modes", "input_mode_only", "project_weight_gradient", "gradients", "projector_identity_check",
     "gradient_cosines", "descent_statistics",
     "empirical_loss", "hessian_vector_product", "Smoothness", "smoothness_estimate", "smoothness_along",
@@ -113,7 +112,7 @@ PROFILES: dict[str, ConvergenceConfig] = {
 # ---------------------------------------------------------------------------------------
 def restrict_modes(calibration: Calibration, keep: Sequence[str]) -> Calibration:
     """The calibration with only the modes named in ``keep`` projected (mode names as in
-    :func:`lance.calibration.mode_names`: ``batch``, ``channel``, ``height``, ``width`` for a
+    :func:`lance.core.calibration.mode_names`: ``batch``, ``channel``, ``height``, ``width`` for a
     convolution; ``batch``, ``token``, ``feature`` for a linear layer), at their calibrated ranks;
     the other modes are left uncompressed. No new data are needed."""
     keep = set(keep)
@@ -147,7 +146,7 @@ def project_weight_gradient(grad: Tensor, factor: Tensor) -> Tensor:
 def gradients(loss_fn: LossFn, params: Mapping[str, Tensor], *, exact: bool = False) -> dict[str, Tensor]:
     """The gradient of ``loss_fn()`` with respect to each named parameter: LANCE's ``ĝ``
     (the layers' own backward), or with ``exact=True`` the exact ``g`` (the same model under
-    :func:`~lance.layers.exact_backward`)."""
+    :func:`~lance.core.layers.exact_backward`)."""
     with exact_backward() if exact else contextlib.nullcontext():
         loss = loss_fn()
         grads = torch.autograd.grad(loss, list(params.values()))

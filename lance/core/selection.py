@@ -7,7 +7,7 @@ from typing import Iterable
 
 from torch import nn
 
-from .errors import LanceError, UnknownLayerError, UnsupportedLayerError
+from lance.errors import LanceError, UnknownLayerError, UnsupportedLayerError
 
 __all__ = ["trainable_layers", "resolve_layers", "layer_spec", "set_trainable", "head_name", "SUPPORTED_TYPES"]
 

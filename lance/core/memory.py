@@ -7,7 +7,7 @@ of a linear layer: the axis the weight contracts with) and grows the layer's mem
 fewest directions, orthogonal to ``M``, that bring the captured energy to the threshold (Eq. 5,
 GPM's criterion). Before task t+1, :func:`calibrate_in_null_space` runs Phase I as usual, except
 that the input-feature factor is chosen among the directions orthogonal to ``M``. The weight
-gradient of a LANCE layer is the feature factor applied last (``lance.layers``), so every update
+gradient of a LANCE layer is the feature factor applied last (``lance.core.layers``), so every update
 of task t+1 lies in the null space of ``M``: the layer's response to inputs in ``span(M)`` does not
 change.
 
@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .calibration import Calibration, ModeBasis, calibrate, visit_layer_inputs
-from .errors import LanceError, UnsupportedLayerError
-from .hosvd import basis_from_gram, check_energy, energy_rank, mode_gram
-from .selection import resolve_layers
+from lance.core.calibration import Calibration, ModeBasis, calibrate, visit_layer_inputs
+from lance.errors import LanceError, UnsupportedLayerError
+from lance.core.hosvd import basis_from_gram, check_energy, energy_rank, mode_gram
+from lance.core.selection import resolve_layers
 
 __all__ = ["ContinualMemory", "calibrate_in_null_space", "project_gradients", "feature_mode", "gpm_threshold",
            "memory_gram", "SPACES"]

@@ -18,15 +18,15 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .errors import (
+from lance.errors import (
     BatchSizeError,
     InputShapeError,
     LanceError,
     NonFiniteActivationError,
     UnsupportedLayerError,
 )
-from .hosvd import basis_from_gram, captured_energy, check_energy, energy_rank, mode_gram
-from .selection import layer_spec, resolve_layers
+from lance.core.hosvd import basis_from_gram, captured_energy, check_energy, energy_rank, mode_gram
+from lance.core.selection import layer_spec, resolve_layers
 
 __all__ = ["calibrate", "Calibration", "LayerCalibration", "ModeBasis", "mode_names", "layer_inputs"]
 
@@ -167,10 +167,9 @@ class Calibration:
                            self.num_batches, self.compress_batch)
 
     # -- display --------------------------------------------------------------------------
-    def to_frame(self):
-        """A pandas table: one row per layer with input shape, ranks, captured energy and sizes."""
-        import pandas as pd
-
+    def rows(self) -> list[dict]:
+        """One row per layer: input shape, ranks, captured energy and sizes (for a table:
+        ``pandas.DataFrame(calib.rows())``)."""
         rows = []
         for name, lc in self.layers.items():
             full = 1
@@ -187,15 +186,29 @@ class Calibration:
                 "stored_elements": kept,
                 "compression": full / kept,
             })
-        return pd.DataFrame(rows)
+        return rows
+
+    def _cells(self) -> tuple[list[str], list[list[str]]]:
+        rows = self.rows()
+        header = list(rows[0]) if rows else ["layer"]
+        return header, [[f"{v:.1f}" if isinstance(v, float) else str(v) for v in r.values()] for r in rows]
 
     def __repr__(self) -> str:
         head = (f"Calibration(energy={self.energy}, batches={self.num_batches}, "
                 f"compress_batch={self.compress_batch}, layers={len(self)})")
-        return head + "\n" + self.to_frame().to_string(index=False)
+        header, cells = self._cells()
+        widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
+        lines = [" ".join(h.rjust(w) for h, w in zip(header, widths))]
+        lines += [" ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+        return head + "\n" + "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        return self.to_frame().to_html(index=False)
+        import html
+
+        header, cells = self._cells()
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
     # -- persistence ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -320,23 +333,24 @@ def calibrate(
     num_batches: int = 100,
     *,
     compress_batch: bool = True,
-    progress: bool = False,
+    progress: Optional[Callable[..., Iterable[Any]]] = None,
 ) -> Calibration:
     """Phase I of LANCE: one pass of up to ``num_batches`` batches through ``model``.
 
     ``batches`` yields input tensors or ``(input, target)`` pairs (a DataLoader works). The
     model runs in eval mode without gradients; its mode is restored afterwards. With
     ``compress_batch=True`` (the paper's choice) the batch mode is projected too, with a
-    fixed factor: training batches must then have the calibration batch size.
+    fixed factor: training batches must then have the calibration batch size. ``progress``
+    wraps the batches for display, called as ``progress(batches, total=num_batches)`` (e.g.
+    ``tqdm.auto.tqdm``).
     """
     energy = check_energy(energy)
     if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
         raise LanceError(f"num_batches must be a positive integer, got {num_batches!r}.")
     modules = resolve_layers(model, layers)
     accumulators = {name: _Accumulator(name, mod, compress_batch) for name, mod in modules.items()}
-    if progress:
-        from tqdm.auto import tqdm
-        batches = tqdm(batches, total=num_batches, desc="calibration", leave=False)
+    if progress is not None:  # e.g. tqdm.auto.tqdm
+        batches = progress(batches, total=num_batches)
     seen = visit_layer_inputs(model, modules, batches, lambda name, _m, x, i: accumulators[name].add(x, i),
                               num_batches)
     if seen == 0:

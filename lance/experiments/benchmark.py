@@ -6,7 +6,7 @@ run: the forward and backward time of one training step (median and range over r
 and the bytes autograd saves for the trainable layers, for BP and for LANCE at eps 0.7, and
 their ratios. The frozen trunk's output is computed once and reused: the step timed is the
 part of the network that training runs through (from the block of the first trained layer
-of the deepest setting to the head). ``--model`` takes any model ``lance.models.build`` knows.
+of the deepest setting to the head). ``--model`` takes any model ``lance.models.zoo.build`` knows.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .accounting import MIB, activation_memory, measured_bytes, saved_tensors
-from .calibration import calibrate
-from .layers import compress
-from .cache import split_model
-from .selection import head_name, set_trainable, trainable_layers
+from lance.analysis.accounting import MIB, activation_memory, measured_bytes, saved_tensors
+from lance.core.calibration import calibrate
+from lance.core.layers import compress
+from lance.experiments.cache import split_model
+from lance.core.selection import head_name, set_trainable, trainable_layers
 
 __all__ = ["BenchmarkConfig", "run_benchmark", "format_report"]
 
@@ -78,8 +78,9 @@ def _time_steps(models: dict, x: torch.Tensor, target: torch.Tensor, repeats: in
 
 def run_benchmark(cfg: BenchmarkConfig, log=print) -> dict:
     """Run the benchmark; returns a dict with the config, per-setting results and provenance."""
-    from . import data, models
-    from .provenance import provenance
+    from lance import data
+    from lance.models import zoo as models
+    from lance.experiments.provenance import provenance
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

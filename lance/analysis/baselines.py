@@ -10,7 +10,7 @@
   ``U <- orth(X_(m) X_(m)^T U_prev)``.
 
 Both keep, like LANCE, only a core and factors for backward and compute the weight gradient
-with the same contraction (``lance.layers``); they differ only in where the factors come
+with the same contraction (``lance.core.layers``); they differ only in where the factors come
 from, which is what :meth:`LanceLayer.factors_for` decides. Use them through
 ``lance.compress(model, calibration, factory=hosvd_factory(0.8))`` or ``asi_factory()``.
 """
@@ -22,10 +22,10 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .calibration import LayerCalibration
-from .errors import LanceError
-from .hosvd import SOLVERS, check_energy, energy_rank, mode_basis, unfold
-from .layers import LanceConv2d, LanceLinear
+from lance.core.calibration import LayerCalibration
+from lance.errors import LanceError
+from lance.core.hosvd import SOLVERS, check_energy, energy_rank, mode_basis, unfold
+from lance.core.layers import LanceConv2d, LanceLinear
 
 __all__ = ["HOSVDConv2d", "HOSVDLinear", "ASIConv2d", "ASILinear", "hosvd_factory", "asi_factory"]
 
@@ -117,7 +117,7 @@ class ASILinear(_ASIMixin, LanceLinear):
 
 def hosvd_factory(energy: float = 0.8, compress_batch: bool = True, solver: str = "gram"):
     """For ``lance.compress(..., factory=...)``: per-step HOSVD layers at ``energy``; ``solver``
-    (``"gram"`` or ``"svd"``) says how each mode's basis is computed (:func:`lance.hosvd.mode_basis`)."""
+    (``"gram"`` or ``"svd"``) says how each mode's basis is computed (:func:`lance.core.hosvd.mode_basis`)."""
     energy = check_energy(energy)
     if solver not in SOLVERS:
         raise LanceError(f"unknown HOSVD solver {solver!r}; choose one of {SOLVERS}.")

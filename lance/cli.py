@@ -1,0 +1,456 @@
+"""Command line: ``python -m lance COMMAND ...`` (also installed as ``lance``).
+
+Each command is a function ``_cmd_NAME(args) -> int`` registered in :func:`build_parser` with
+its own sub-parser; add a command by adding both.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _cmd_status_page(args: argparse.Namespace) -> int:
+    from lance.book.status import status_page
+
+    out = status_page(args.executed_dir, args.out)
+    print(f"status page: {out}")
+    return 0
+
+
+def _cmd_glance(args: argparse.Namespace) -> int:
+    from lance.book.glance import glance_markdown
+    from lance.experiments.provenance import write_text_atomic
+
+    write_text_atomic(args.out, glance_markdown())
+    print(f"results at a glance: {args.out}")
+    return 0
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    import json
+
+    from lance.experiments.benchmark import BenchmarkConfig, format_report, run_benchmark
+    from lance.experiments.provenance import write_text_atomic
+
+    cfg = BenchmarkConfig(model=args.model, resolution=args.resolution, batch_size=args.batch_size,
+                          energy=args.energy, layer_counts=tuple(args.layers),
+                          calibration_batches=args.calibration_batches, repeats=args.repeats,
+                          seed=args.seed, weights_dir=args.weights_dir, threads=args.threads)
+    out = run_benchmark(cfg)
+    print()
+    print(format_report(out))
+    if args.out:
+        if args.out.exists() and not args.force:
+            print(f"not overwriting {args.out}: pass --force to replace it")
+            return 1
+        write_text_atomic(args.out, json.dumps(out, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from lance.experiments.finetune import PROFILES, FinetuneConfig, finetune
+
+    values = dict(PROFILES[args.profile])
+    for f in dataclasses.fields(FinetuneConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    cfg = FinetuneConfig(**values)
+    out = None if args.no_save else args.out
+    record = finetune(cfg, data_dir=args.data_dir, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
+                      out_dir=out, checkpoint_dir=None if args.no_save else args.checkpoint_dir, overwrite=args.force,
+                      progress=not args.no_progress)
+    m = record["metrics"]
+    print(f"{cfg.model} {cfg.dataset} {cfg.method} L{cfg.layers}: accuracy {m['accuracy']:.2f} %, "
+          f"activation {m['activation_mb']:.3f} MiB (measured {m['activation_mb_measured']:.3f}), "
+          f"{m['train_tflops']:.4f} TFLOPs per iteration")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    """Every combination of models x methods x layers (x batch sizes), skipping finished ones."""
+    import itertools
+    import traceback
+
+    from lance.experiments.finetune import PROFILES, FinetuneConfig, finetune, result_name
+
+    failures = 0
+    grid = itertools.product(args.models, args.layers, args.batch_sizes, args.energies, args.calibration_batches,
+                             args.seeds, args.lrs or [None], args.methods)
+    for model, layers, bs, energy, n_cal, seed, lr, method in grid:
+        values = dict(PROFILES[args.profile], model=model, dataset=args.dataset, method=method, layers=layers,
+                      batch_size=bs, seed=seed, energy=energy)
+        if lr is not None:
+            values["lr"] = lr
+        if n_cal:
+            values["calibration_batches"] = n_cal
+        if args.epochs:
+            values["epochs"] = args.epochs
+        if args.classes:  # the split protocol (Table 1)
+            values["classes"] = tuple(args.classes)
+        if args.pretrained:
+            values["pretrained"] = args.pretrained
+        if args.resolution:
+            values["resolution"] = args.resolution
+        if not args.compress_batch:
+            values["compress_batch"] = False
+        if args.skip_depthwise:
+            values["skip_depthwise"] = True
+        cfg = FinetuneConfig(**values)
+        if (args.out / result_name(cfg)).exists():
+            print(f"done already: {result_name(cfg)}", flush=True)
+            continue
+        lock = _claim(Path(args.checkpoint_dir) / (result_name(cfg)[:-len(".json")] + ".lock"))
+        if lock is None:  # another sweep (or `plan --run` in a second terminal) is on it
+            print(f"running in another process, skipped here: {result_name(cfg)}", flush=True)
+            continue
+        print(f"running: {result_name(cfg)}", flush=True)
+        try:
+            finetune(cfg, data_dir=args.data_dir, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
+                     out_dir=args.out, checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress)
+        except Exception:  # keep going with the other runs; the log says what failed
+            failures += 1
+            traceback.print_exc()
+        finally:
+            lock.unlink(missing_ok=True)
+    return 1 if failures else 0
+
+
+def _cmd_latency(args: argparse.Namespace) -> int:
+    """The paper's latency experiment (Sec. 3.4, Fig. 5): forward / backward / total time per step."""
+    import dataclasses
+
+    from lance.experiments.latency import LatencyConfig, format_latency, result_record, run_latency
+    from lance.experiments.results import write_result
+
+    if args.out and args.out.exists() and not args.force:
+        print(f"not overwriting {args.out}: pass --force to replace it")
+        return 1
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(LatencyConfig)
+              if getattr(args, f.name, None) is not None}
+    record = run_latency(LatencyConfig(**values), data_dir=args.data_dir, weights_dir=args.weights_dir)
+    print()
+    print(format_latency(record))
+    if args.out:
+        write_result(args.out, result_record(record), overwrite=args.force)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from lance.experiments.pretrain import PretrainConfig, checkpoint_name, pretrain
+
+    cfg = PretrainConfig(model=args.model, dataset=args.dataset, classes=tuple(args.classes),
+                         resolution=args.resolution, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         seed=args.seed, train_limit=args.train_limit)
+    name = checkpoint_name(cfg)
+    result, weights = Path(args.results) / f"{name}.json", Path(args.out) / f"{name}.pt"
+    if result.exists() and weights.exists() and not args.force:
+        print(f"done already: {result} (weights {weights}); pass --force to train again")
+        return 0
+    lock = _claim(Path(args.out) / f"{name}.lock")
+    if lock is None:  # e.g. `plan --run` in a second terminal: go on with other work
+        print(f"{name} is being pretrained by another process; not started here", flush=True)
+        return 0
+    try:
+        record = pretrain(cfg, data_dir=args.data_dir, out_dir=args.out, results_dir=args.results)
+    finally:
+        lock.unlink(missing_ok=True)
+    print(f"{cfg.model} on {cfg.dataset} classes {cfg.classes}: {record['metrics']['accuracy']:.2f} %, "
+          f"weights {record['metrics']['weights_file']}")
+    return 0
+
+
+def _claim(lock: Path):
+    """Lock a configuration, so that two sweeps (or pretrainings) in parallel never run the same
+    one (:func:`lance.experiments.locks.claim`); None if another live process holds it."""
+    from lance.experiments.locks import claim
+
+    return claim(lock)
+
+
+def _cmd_continual(args: argparse.Namespace) -> int:
+    import torch
+
+    from lance.data.tasks import build_benchmark
+    from lance.experiments.continual import ContinualConfig, cl_result_name, continual, profile_settings
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    benchmark = None
+    for method in args.methods:
+        values = profile_settings(args.benchmark, args.profile)
+        for key in ("epochs", "energy", "calibration_batches", "tasks", "seed", "train_limit", "test_limit",
+                    "batch_size", "lr", "model", "threshold_base", "memory_examples"):
+            v = getattr(args, key)
+            if v is not None:
+                values[key] = v
+        cfg = ContinualConfig(benchmark=args.benchmark, method=method, **values).validate()
+        name = cl_result_name(cfg)
+        if (args.out / name).exists() and not args.force:
+            print(f"done already: {args.out / name}")
+            continue
+        if benchmark is None:
+            benchmark = build_benchmark(args.benchmark, data_dir=args.data_dir, val_fraction=cfg.val_fraction,
+                                        seed=cfg.data_seed, train_limit=cfg.train_limit, test_limit=cfg.test_limit)
+            if benchmark.skipped:
+                print(f"not found here, left out: {', '.join(benchmark.skipped)}")
+        lock = _claim(args.checkpoint_dir / (name[:-len(".json")] + ".lock"))
+        if lock is None:
+            print(f"running in another process, skipped here: {name}", flush=True)
+            continue
+        print(f"running: {name}", flush=True)
+        try:
+            record = continual(cfg, benchmark=benchmark, out_dir=None if args.no_save else args.out,
+                               checkpoint_dir=None if args.no_save else args.checkpoint_dir,
+                               progress=not args.no_progress, overwrite=args.force)
+        finally:
+            lock.unlink(missing_ok=True)
+        m = record["metrics"]
+        bwt = "n/a" if m["bwt"] is None else f"{m['bwt']:.2f}"
+        print(f"{args.benchmark} {method}: ACC {m['acc']:.2f} %, BWT {bwt}, memory between tasks "
+              f"{m['memory_mb']:.3f} MiB, training memory {m['training_mb']:.3f} MiB", flush=True)
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    """List the planned paper-scale runs and which have result files; with --run, run the
+    commands of the missing ones, in the plan's order (pretraining before the fine-tuning that
+    needs it), each command once."""
+    import shlex
+    import subprocess
+    import sys
+
+    from lance.experiments.plan import group_summary, plan_status
+
+    status = plan_status(args.results)
+    if args.group:
+        status = status[status.group.str.contains(args.group, case=False, regex=False)]
+    if len(status) == 0:
+        print(f"no planned run's group contains {args.group!r}")
+        return 1
+    summary = group_summary(status).set_index("group")
+    for group, rows in status.groupby("group", sort=False):
+        g = summary.loc[group]
+        left = g["hours left (estimate)"]
+        pace = ("" if g["done"] == g["planned"] or left is None or left != left
+                else f", about {left:.1f} h more at that pace")
+        print(f"{group}: {int(rows.done.sum())} of {len(rows)} with a result file ({g['hours spent']:.1f} h{pace})")
+        for row in rows.itertuples():
+            print(f"  {'done   ' if row.done else 'missing'} {row.setting}")
+    commands = list(dict.fromkeys(status[~status.done].command))
+    if not args.run:
+        if commands:
+            print("\nto run the missing ones (add --run to run them here, in this order):")
+            print("\n".join(f"  {c}" for c in commands))
+        return 0
+    failures = 0
+    for command in commands:
+        argv = shlex.split(command)
+        if argv[:3] != ["python", "-m", "lance"]:
+            raise ValueError(f"a planned command must start with 'python -m lance': {command}")
+        print(f"\n$ {command}", flush=True)
+        failures += subprocess.call([sys.executable, "-m", "lance", *argv[3:]]) != 0
+    return 1 if failures else 0
+
+
+def _run_options(p: argparse.ArgumentParser, out: str, checkpoints: str) -> None:
+    """The options every training command shares: data, result and checkpoint directories, and
+    whether to save, overwrite and show progress."""
+    p.add_argument("--data-dir", default=None, help="datasets directory (default: $LANCE_DATA_DIR)")
+    p.add_argument("--out", type=Path, default=Path(out), help="where result files go")
+    p.add_argument("--checkpoint-dir", type=Path, default=Path(checkpoints))
+    p.add_argument("--no-save", action="store_true", help="write neither result files nor checkpoints (a trial run)")
+    p.add_argument("--force", action="store_true", help="replace existing result files")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lance", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser(
+        "status-page",
+        help="write the book's 'Status and reproducibility' page from papermill-executed notebooks",
+    )
+    p.add_argument("executed_dir", type=Path, help="directory of notebooks executed by papermill")
+    p.add_argument("out", type=Path, help="MyST markdown file to write (atomically)")
+    p.set_defaults(func=_cmd_status_page)
+
+    p = commands.add_parser("glance", help="write the front page's 'results at a glance' table from the result files")
+    p.add_argument("out", type=Path, help="MyST markdown file to write (atomically); the intro includes it")
+    p.set_defaults(func=_cmd_glance)
+
+    p = commands.add_parser(
+        "benchmark",
+        help="time and saved bytes of one training step, BP against LANCE (ResNet18, 224 px, batch 128)",
+    )
+    p.add_argument("--model", default="resnet18", help="resnet18 | resnet34 | mobilenet_v2 | mcunet-in2 | ...")
+    p.add_argument("--resolution", type=int, default=0, help="input size (default: the model's native)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--energy", type=float, default=0.7)
+    p.add_argument("--layers", type=int, nargs="+", default=[2, 4], help="numbers of last conv layers to train")
+    p.add_argument("--calibration-batches", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--weights-dir", default=None, help="directory with torchvision ImageNet weights "
+                   "(default: $LANCE_WEIGHTS_DIR)")
+    p.add_argument("--out", type=Path, default=None, help="also write the figures and provenance as JSON")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.set_defaults(func=_cmd_benchmark)
+
+    p = commands.add_parser("finetune", help="fine-tune the last n layers with BP, HOSVD, ASI or LANCE")
+    p.add_argument("--profile", default="paper", choices=["smoke", "book", "paper"],
+                   help="defaults for the size of the run (paper: the paper's full setting)")
+    p.add_argument("--model", help="mobilenet_v2 | resnet18 | resnet34 | mcunet-in2 | mcunet-in3")
+    p.add_argument("--dataset", help="cifar100 | cifar10 | pets | flowers102 | cub200 | fashion_mnist | ...")
+    p.add_argument("--method", choices=["bp", "hosvd", "asi", "lance"])
+    p.add_argument("--layers", type=int, help="number of last conv layers to train")
+    p.add_argument("--energy", type=float)
+    p.add_argument("--hosvd-energy", dest="hosvd_energy", type=float)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", choices=["script", "table4"])
+    p.add_argument("--calibration-batches", dest="calibration_batches", type=int)
+    p.add_argument("--no-compress-batch", dest="compress_batch", action="store_const", const=False,
+                   help="leave the batch mode uncompressed (the paper projects it too)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--skip-depthwise", dest="skip_depthwise", action="store_const", const=True,
+                   help="the authors' selection: the last n convolutions with groups == 1 (depthwise ones stay frozen)")
+    p.add_argument("--resolution", type=int)
+    p.add_argument("--classes", type=int, nargs=2, metavar=("FIRST", "END"), help="fine-tune on classes [FIRST, END)")
+    p.add_argument("--pretrained", help="'imagenet' or a state_dict file")
+    p.add_argument("--train-limit", dest="train_limit", type=int)
+    p.add_argument("--test-limit", dest="test_limit", type=int)
+    p.add_argument("--weights-dir", default=None, help="weights directory (default: $LANCE_WEIGHTS_DIR)")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default: $LANCE_CACHE_DIR or ~/.cache/lance)")
+    _run_options(p, "data/results/finetune", "_build/checkpoints")
+    p.set_defaults(func=_cmd_finetune)
+
+    p = commands.add_parser("sweep", help="run many fine-tuning configurations, skipping finished ones")
+    p.add_argument("--profile", default="paper", choices=["smoke", "book", "paper"])
+    p.add_argument("--models", nargs="+", default=["mcunet-in2"])
+    p.add_argument("--dataset", default="cifar100")
+    p.add_argument("--methods", nargs="+", default=["lance", "bp", "asi", "hosvd"])
+    p.add_argument("--layers", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--batch-sizes", dest="batch_sizes", type=int, nargs="+", default=[128])
+    p.add_argument("--energies", type=float, nargs="+", default=[0.7])
+    p.add_argument("--calibration-batches", dest="calibration_batches", type=int, nargs="+", default=[0],
+                   help="numbers of calibration batches (0: the profile's)")
+    p.add_argument("--epochs", type=int, default=0, help="override the profile's epochs")
+    p.add_argument("--no-compress-batch", dest="compress_batch", action="store_false",
+                   help="leave the batch mode uncompressed (the paper projects it too)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[42])
+    p.add_argument("--skip-depthwise", dest="skip_depthwise", action="store_true",
+                   help="the authors' selection: the last n convolutions with groups == 1 (depthwise ones stay frozen)")
+    p.add_argument("--lrs", type=float, nargs="+", default=None,
+                   help="learning rates (default: the paper's 0.05)")
+    p.add_argument("--classes", type=int, nargs=2, metavar=("FIRST", "END"), default=None,
+                   help="fine-tune on classes [FIRST, END) (the split protocol)")
+    p.add_argument("--pretrained", default=None, help="'imagenet' (default) or a state_dict file from "
+                   "`python -m lance pretrain`")
+    p.add_argument("--resolution", type=int, default=0, help="input size (default: the model's native)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--weights-dir", default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--out", type=Path, default=Path("data/results/finetune"))
+    p.add_argument("--checkpoint-dir", type=Path, default=Path("_build/checkpoints"))
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = commands.add_parser("latency", help="forward, backward and total time of a fine-tuning step for 1..10 "
+                            "trainable layers, BP / HOSVD / ASI / LANCE (the paper's Fig. 5)")
+    p.add_argument("--model", help="default mcunet-in2")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="default 128")
+    p.add_argument("--resolution", type=int, help="input size in px (default 0: the model's native one)")
+    p.add_argument("--layers", dest="layer_counts", type=int, nargs="+", help="numbers of last conv layers "
+                   "trained (default 1 ... 10)")
+    p.add_argument("--methods", nargs="+", choices=["bp", "hosvd", "asi", "lance"])
+    p.add_argument("--iterations", type=int, help="timed steps per trial, after one warm-up step (default 5)")
+    p.add_argument("--trials", type=int, help="default 5")
+    p.add_argument("--energy", type=float, help="LANCE's threshold, also fixes ASI's ranks (default 0.7)")
+    p.add_argument("--hosvd-energy", dest="hosvd_energy", type=float, help="default 0.8")
+    p.add_argument("--hosvd-solver", dest="hosvd_solver", choices=["gram", "svd"], help="how per-step HOSVD "
+                   "finds each mode's basis: eigh of the Gram matrix (default) or an SVD of the unfolding")
+    p.add_argument("--calibration-batches", dest="calibration_batches", type=int, help="default 4")
+    p.add_argument("--num-classes", dest="num_classes", type=int, help="classes of the new head (default 10)")
+    p.add_argument("--data", choices=["auto", "cifar100", "samples"], help="inputs (default auto: CIFAR-100 if "
+                   "found, else the sample photographs)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="torch threads (default 1; 0: torch's default)")
+    p.add_argument("--data-dir", default=None, help="datasets directory (default: $LANCE_DATA_DIR)")
+    p.add_argument("--weights-dir", default=None, help="weights directory (default: $LANCE_WEIGHTS_DIR)")
+    p.add_argument("--out", type=Path, default=None, help="write the record as a JSON result file (atomically)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.set_defaults(func=_cmd_latency)
+
+    p = commands.add_parser("pretrain", help="pretrain from scratch on half the classes (split-class protocol)")
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--dataset", default="cifar100")
+    p.add_argument("--classes", type=int, nargs=2, default=[0, 50], metavar=("FIRST", "END"))
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-limit", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default="_build/weights", help="where the state_dict goes (never committed)")
+    p.add_argument("--results", default="data/results/pretrain", help="where the result file goes")
+    p.add_argument("--force", action="store_true", help="train again although the result and weights exist")
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = commands.add_parser("continual", help="continual learning: LANCE / GPM / fine-tuning / multitask on a "
+                            "benchmark; finished results are skipped")
+    p.add_argument("--benchmark", default="split_cifar100",
+                   choices=["split_cifar100", "permuted_mnist", "five_datasets", "split_miniimagenet"])
+    p.add_argument("--methods", nargs="+", default=["lance", "gpm", "finetune", "multitask"],
+                   choices=["lance", "gpm", "finetune", "multitask"])
+    p.add_argument("--profile", default="book", choices=["smoke", "book", "paper"],
+                   help="smoke: 3 small tasks; book: every task, 10 epochs at most; paper: 200 epochs at most")
+    p.add_argument("--model", help="alexnet | resnet18_reduced | mlp (default: the benchmark's)")
+    p.add_argument("--epochs", type=int, help="at most this many epochs per task")
+    p.add_argument("--energy", type=float, help="LANCE's Phase I threshold for tasks 2.. (default 0.9)")
+    p.add_argument("--calibration-batches", dest="calibration_batches", type=int)
+    p.add_argument("--threshold", dest="threshold_base", type=float,
+                   help="memory threshold after task 1 (default 0.97; it grows by 0.003 per task)")
+    p.add_argument("--memory-examples", dest="memory_examples", type=int,
+                   help="training examples per memory update (default 125)")
+    p.add_argument("--tasks", type=int, help="only the first n tasks")
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--train-limit", dest="train_limit", type=int)
+    p.add_argument("--test-limit", dest="test_limit", type=int)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    _run_options(p, "data/results/continual", "_build/checkpoints/continual")
+    p.set_defaults(func=_cmd_continual)
+
+    p = commands.add_parser("plan", help="the paper-scale runs the book plans: which have result files; "
+                            "--run runs the missing ones")
+    p.add_argument("--group", default=None, help="only groups whose name contains this (e.g. 'Table 2')")
+    p.add_argument("--run", action="store_true", help="run the commands of the missing runs (hours to days)")
+    p.add_argument("--results", default=None,
+                   help="the result directory to match against (default: the project's data/results)")
+    p.set_defaults(func=_cmd_plan)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    from lance.errors import LanceError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LanceError as err:  # bad input: the message says what to do; no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
