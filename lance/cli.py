@@ -20,9 +20,9 @@ def _cmd_status_page(args: argparse.Namespace) -> int:
 
 def _cmd_glance(args: argparse.Namespace) -> int:
     from lance.book.glance import glance_markdown
-    from lance.experiments.provenance import write_text_atomic
+    from lance.experiments.results import write_atomic
 
-    write_text_atomic(args.out, glance_markdown())
+    write_atomic(args.out, glance_markdown(), overwrite=True)
     print(f"results at a glance: {args.out}")
     return 0
 
@@ -31,7 +31,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     import json
 
     from lance.experiments.benchmark import BenchmarkConfig, format_report, run_benchmark
-    from lance.experiments.provenance import write_text_atomic
+    from lance.experiments.results import write_atomic
 
     cfg = BenchmarkConfig(model=args.model, resolution=args.resolution, batch_size=args.batch_size,
                           energy=args.energy, layer_counts=tuple(args.layers),
@@ -44,7 +44,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         if args.out.exists() and not args.force:
             print(f"not overwriting {args.out}: pass --force to replace it")
             return 1
-        write_text_atomic(args.out, json.dumps(out, indent=2) + "\n")
+        write_atomic(args.out, json.dumps(out, indent=2) + "\n", overwrite=True)
         print(f"wrote {args.out}")
     return 0
 

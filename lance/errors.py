@@ -10,6 +10,7 @@ __all__ = [
     "InputShapeError",
     "CalibrationMismatchError",
     "NonFiniteActivationError",
+    "DivergedError",
 ]
 
 
@@ -39,3 +40,7 @@ class CalibrationMismatchError(LanceError):
 
 class NonFiniteActivationError(LanceError):
     """NaN or infinity in a layer input during calibration."""
+
+
+class DivergedError(LanceError):
+    """A training loss or gradient that became NaN or infinite: the run stops and writes no result."""

@@ -148,11 +148,3 @@ def test_cli_status_page(tmp_path, capsys):
     _fake_executed_notebook(tmp_path / "01_x.ipynb", duration=2.0)
     assert main(["status-page", str(tmp_path), str(tmp_path / "s.md")]) == 0
     assert "`01_x`" in (tmp_path / "s.md").read_text()
-
-
-def test_write_text_atomic_replaces_whole_file(tmp_path):
-    target = tmp_path / "a.txt"
-    target.write_text("old content that is longer")
-    prov.write_text_atomic(target, "new")
-    assert target.read_text() == "new"
-    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]

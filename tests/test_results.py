@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 import pytest
 
 import lance
+from lance.errors import LanceError
+from lance.experiments import finetune as ft
 from lance.experiments.results import load_results, write_result
 
 
@@ -19,7 +22,7 @@ def _record(acc):
 def test_write_refuses_to_overwrite_and_leaves_no_temporary(tmp_path):
     path = tmp_path / "sub" / "r.json"
     write_result(path, _record(1.0))
-    with pytest.raises(lance.LanceError, match="not overwriting"):
+    with pytest.raises(lance.LanceError, match="not replacing it"):
         write_result(path, _record(2.0))
     assert json.loads(path.read_text())["metrics"]["accuracy"] == 1.0
     write_result(path, _record(3.0), overwrite=True)
@@ -112,7 +115,8 @@ def test_sweep_builds_every_configuration_and_skips_finished_ones(tmp_path, monk
     assert [(c.method, c.layers) for c in seen] == [("lance", 2), ("bp", 4), ("lance", 4)]
     assert all(c.classes == (50, 100) and c.pretrained == "w.pt" and c.resolution == 64 for c in seen)
     assert "done already" in capsys.readouterr().out
-    assert ft.result_name(seen[0]).endswith("_c50-100_r64.json")  # the resolution is part of the name
+    # the classes and the resolution are part of the name, the weights' file name is in its hash
+    assert "_c50-100_r64_x" in ft.result_name(seen[0])
     assert all(c.compress_batch for c in seen)
     seen.clear()
     assert main(["sweep", "--methods", "lance", "--layers", "2", "--batch-sizes", "4", "--no-compress-batch",
@@ -280,3 +284,51 @@ def test_bp_lance_gap_subtracts_within_each_group_and_needs_both_papers_numbers(
     assert gaps.loc[("a", 2), "gap"] == pytest.approx(4.5) and gaps.loc[("a", 2), "gap (paper)"] == pytest.approx(2.0)
     assert gaps.loc[("a", 4), "gap"] == pytest.approx(1.0) and math.isnan(gaps.loc[("a", 4), "gap (paper)"])
     assert tables.bp_lance_gap(table.iloc[:0], ["model"]).empty
+
+
+def test_write_atomic_replaces_a_whole_file_only_when_asked(tmp_path):
+    from lance.experiments.results import write_atomic
+
+    target = tmp_path / "a.txt"
+    target.write_text("old content that is longer")
+    with pytest.raises(LanceError, match="exists"):
+        write_atomic(target, "new")
+    assert target.read_text() == "old content that is longer"
+    write_atomic(target, "new", overwrite=True)
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]  # no temporary file left
+    assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_two_writers_of_one_result_the_second_is_refused(tmp_path):
+    """No check-then-replace: the claim is the hard link itself, so a second writer that passed
+    every earlier check still cannot replace the first one's file."""
+    from lance.experiments.results import write_result
+
+    record = {"config": {}, "metrics": {"accuracy": 1.0}, "provenance": {}}
+    path = tmp_path / "r.json"
+    write_result(path, record)
+    with pytest.raises(LanceError, match="another process"):
+        write_result(path, {**record, "metrics": {"accuracy": 2.0}})
+    assert json.loads(path.read_text())["metrics"]["accuracy"] == 1.0
+
+
+def test_an_unwritable_result_folder_is_found_before_the_run(tmp_path):
+    from lance.experiments.results import check_writable
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(LanceError, match="cannot write to"):
+        check_writable(blocker / "sub" / "r.json")
+
+
+def test_configurations_that_differ_only_where_the_readable_name_is_silent_get_different_names():
+    base = ft.FinetuneConfig(model="mcunet-in2", method="lance", layers=2)
+    assert ft.result_name(base) == "mcunet-in2_cifar100_lance_L2_e0.7_bs128_ep50_s42.json"  # committed names stay
+    variants = [dict(test_limit=100), dict(pretrained="_build/weights/a.pt"), dict(pretrained="_build/weights/b.pt"),
+                dict(cache_cut=6), dict(energy=0.7000001), dict(lr=0.0500001)]
+    names = {ft.result_name(dataclasses.replace(base, **v)) for v in variants} | {ft.result_name(base)}
+    assert len(names) == len(variants) + 1
+    # the weights' folder is not part of the identity, their file name is
+    assert (ft.result_name(dataclasses.replace(base, pretrained="/elsewhere/a.pt"))
+            == ft.result_name(dataclasses.replace(base, pretrained="_build/weights/a.pt")))

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from lance.experiments.plan import group_summary, plan_status
-from lance.experiments.provenance import git_commit, hardware, versions, write_text_atomic
+from lance.experiments.provenance import git_commit, hardware, versions
+from lance.experiments.results import write_atomic
 
 __all__ = ["status_page"]
 
@@ -131,5 +132,5 @@ def status_page(executed_dir: str | os.PathLike, out_path: str | os.PathLike) ->
         f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
         "",
     ]
-    write_text_atomic(out_path, "\n".join(parts))
+    write_atomic(out_path, "\n".join(parts), overwrite=True)
     return out_path

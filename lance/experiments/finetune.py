@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import time
@@ -28,7 +29,10 @@ from lance.analysis.accounting import MIB, activation_memory, measured_bytes, sa
 from lance.analysis.baselines import asi_factory, hosvd_factory
 from lance.experiments.cache import FeatureCache, split_model
 from lance.core.calibration import calibrate
-from lance.errors import LanceError
+from lance.errors import DivergedError, LanceError
+from lance.experiments.checkpoints import load_checkpoint, save_checkpoint
+from lance.experiments.config import (finite_float, flag, fraction, non_negative, one_of, option, positive, span,
+                                     validate)
 from lance.analysis.fidelity import gradient_angle
 from lance.core.layers import compress, compressed_layers, exact_backward
 from lance.core.selection import head_name, set_trainable, trainable_layers
@@ -41,39 +45,55 @@ METHODS = ("bp", "hosvd", "asi", "lance")
 DEFAULT_LR = 0.05  # the paper's (Table 4)
 
 
+def _model_names():
+    from lance.models.zoo import MODEL_NAMES
+    return MODEL_NAMES
+
+
+def _dataset_names():
+    from lance.data.catalog import DATASETS
+    return tuple(DATASETS)
+
+
+def _pretrained(name: str, value) -> None:
+    if not isinstance(value, str) or not value:
+        raise LanceError(f"pretrained must be 'imagenet' or the path of a state_dict file, got {value!r}.")
+
+
 @dataclass
 class FinetuneConfig:
     """One fine-tuning run. Defaults follow the paper (Table 4) and the authors' script."""
 
-    model: str = "mobilenet_v2"
-    dataset: str = "cifar100"
-    method: str = "lance"  # bp | hosvd | asi | lance
-    layers: int = 2  # the last n conv layers are trained, plus the classifier head
-    energy: float = 0.7  # LANCE's threshold; also fixes ASI's ranks (its offline budget)
-    hosvd_energy: float = 0.8  # per-step HOSVD threshold (the HOSVD authors' scripts use 0.8)
-    epochs: int = 50
-    batch_size: int = 128
-    lr: float = DEFAULT_LR
-    optimizer: str = "script"  # script: momentum 0.9, wd 1e-4, cosine to 0.01 lr, clip 2 | table4: plain SGD
-    calibration_batches: int = 100
-    compress_batch: bool = True  # project the batch mode too (the paper's choice)
-    seed: int = 42
-    resolution: int = 0  # 0: the model's native resolution
-    classes: Optional[tuple[int, int]] = None  # fine-tune on classes [a, b) only (split protocol)
-    pretrained: str = "imagenet"  # or the path of a state_dict (split-protocol pretraining)
-    train_limit: int = 0  # use only this many training images (0: all); for demonstrations
-    test_limit: int = 0
-    skip_depthwise: bool = False  # the authors' LANCE selection: the last n convolutions with groups == 1
-    cache_cut: int = 4  # cut the cached prefix before the last max(layers, cache_cut) convs, so that
-    # runs with 2 and 4 layers share one cache (the frozen blocks in between run in the suffix)
+    model: str = option("mobilenet_v2", "network", one_of(_model_names))
+    dataset: str = option("cifar100", "dataset to fine-tune on", one_of(_dataset_names))
+    method: str = option("lance", "bp | hosvd | asi | lance", one_of(METHODS))
+    layers: int = option(2, "the last n conv layers are trained, plus the classifier head", positive)
+    energy: float = option(0.7, "LANCE's energy threshold (Eq. 3); also fixes ASI's ranks", fraction)
+    hosvd_energy: float = option(0.8, "per-step HOSVD threshold (the HOSVD authors' scripts use 0.8)", fraction)
+    epochs: int = option(50, "training epochs", positive)
+    batch_size: int = option(128, "batch size (also the calibration batch size)", positive)
+    lr: float = option(DEFAULT_LR, "learning rate (the paper's 0.05; 0 leaves the weights as they are)", finite_float)
+    optimizer: str = option("script", "script: momentum 0.9, wd 1e-4, cosine to 0.01 lr, clip 2 | table4: plain SGD",
+                            one_of(("script", "table4")))
+    calibration_batches: int = option(100, "Phase I batches (LANCE and ASI)", positive)
+    compress_batch: bool = option(True, "project the batch mode too (the paper's choice)", flag)
+    seed: int = option(42, "seed of the head, the data order and the flips", non_negative)
+    resolution: int = option(0, "input size in px (0: the model's native resolution)", non_negative)
+    classes: Optional[tuple[int, int]] = option(None, "fine-tune on classes [FIRST, END) only (split protocol)", span)
+    pretrained: str = option("imagenet", "'imagenet' or the path of a state_dict (split-protocol pretraining)",
+                             _pretrained)
+    train_limit: int = option(0, "use only this many training images (0: all); for demonstrations", non_negative)
+    test_limit: int = option(0, "use only this many test images (0: all)", non_negative)
+    skip_depthwise: bool = option(False, "the authors' LANCE selection: the last n convolutions with groups == 1",
+                                  flag)
+    # cut the cached prefix before the last max(layers, cache_cut) convs, so that runs with 2 and 4
+    # layers share one cache (the frozen blocks in between run in the suffix)
+    cache_cut: int = option(4, "the cached prefix ends before the last max(layers, cache_cut) convs", positive)
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise LanceError(f"method must be one of {METHODS}, got {self.method!r}.")
-        if self.optimizer not in ("script", "table4"):
-            raise LanceError(f"optimizer must be 'script' or 'table4', got {self.optimizer!r}.")
-        if self.classes is not None:
+        if isinstance(self.classes, list):
             self.classes = tuple(self.classes)
+        validate(self)
         if self.method == "bp":  # BP keeps whole activations: the option means nothing for it
             self.compress_batch = True
 
@@ -86,7 +106,9 @@ PROFILES = {
 
 
 def result_name(cfg: FinetuneConfig) -> str:
-    """File name of a run's result: every field that distinguishes runs of the paper's tables."""
+    """File name of a run's result (and, without ``.json``, of its checkpoint): the fields that
+    distinguish runs of the paper's tables in words, and the others as a short hash, so that two
+    different configurations never share a name."""
     parts = [cfg.model, cfg.dataset, cfg.method, f"L{cfg.layers}", f"e{cfg.energy:g}", f"bs{cfg.batch_size}",
              f"ep{cfg.epochs}", f"s{cfg.seed}"]
     if cfg.method == "hosvd":
@@ -107,7 +129,28 @@ def result_name(cfg: FinetuneConfig) -> str:
         parts.append("nobatch")
     if cfg.skip_depthwise:
         parts.append("nodw")
+    rest = _unnamed(cfg)
+    if rest:  # what the readable part leaves out, as a short hash: another config never gets this name
+        parts.append("x" + hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8])
     return "_".join(parts) + ".json"
+
+
+def _unnamed(cfg: FinetuneConfig) -> dict:
+    """The fields that differ from their defaults and that the readable name does not show
+    exactly (a test limit, the pretrained weights' file name, the cache cut, a threshold that
+    ``%g`` rounds)."""
+    rest = {}
+    if cfg.test_limit:
+        rest["test_limit"] = cfg.test_limit
+    if cfg.pretrained != "imagenet":
+        rest["pretrained"] = Path(cfg.pretrained).name
+    if cfg.cache_cut != 4:
+        rest["cache_cut"] = cfg.cache_cut
+    for key in ("energy", "hosvd_energy", "lr"):
+        value = getattr(cfg, key)
+        if float(f"{value:g}") != value:
+            rest[key] = repr(value)
+    return rest
 
 
 # ---------------------------------------------------------------------------------------
@@ -220,37 +263,33 @@ def _epoch_plan(n: int, batch_size: int, seed: int, epoch: int):
             for i in range(steps)]
 
 
-def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=None, out_dir=None,
-             checkpoint_dir=None, progress: bool = True, overwrite: bool = False, log=print) -> dict:
-    """Run one fine-tuning experiment; see the module docstring. Returns the result record.
+@dataclass
+class _Setup:
+    """What a run trains on: the model's trainable suffix, its layers, and the cached features."""
 
-    With ``out_dir`` the record is written there as JSON (atomically); an existing result is
-    never replaced unless ``overwrite``. With ``checkpoint_dir`` a checkpoint is written after
-    every epoch and an interrupted run resumes from it.
-    """
+    suffix: nn.Module
+    layers: list
+    params: list
+    cut: str
+    train: tuple  # (FeatureCache, features, labels)
+    test: tuple
+    num_classes: int
+    resolution: int
+    weights: str
+
+
+def _prepare(cfg: FinetuneConfig, data_dir, weights_dir, cache_dir, progress: bool) -> _Setup:
+    """Data, model, split and feature cache."""
     from lance import data
     from lance.models import zoo as models
-    from lance.experiments.provenance import provenance
-    from lance.experiments.results import write_result
 
-    start_time = time.perf_counter()
-    started = provenance(config=dataclasses.asdict(cfg), seed=cfg.seed)  # the code that runs is today's
-    out_path = Path(out_dir) / result_name(cfg) if out_dir else None
-    if out_path is not None and out_path.exists() and not overwrite:
-        raise LanceError(f"{out_path} exists; pass overwrite=True (--force) to replace it, or change the config.")
-    torch.manual_seed(cfg.seed)
-
-    # -- data -----------------------------------------------------------------------------
     train, test = data.load(cfg.dataset, "train", data_dir), data.load(cfg.dataset, "test", data_dir)
     if cfg.classes:
         wanted = list(range(*cfg.classes))
         train, test = data.split_classes(train, wanted), data.split_classes(test, wanted)
     train, test = _subset(train, cfg.train_limit, cfg.seed), _subset(test, cfg.test_limit, cfg.seed + 1)
-    num_classes = len(train.classes)
     resolution = cfg.resolution or models.resolution(cfg.model)
-
-    # -- model, split and cache ---------------------------------------------------------------
-    model, weights_source = _build_model(cfg, num_classes, weights_dir)
+    model, weights_source = _build_model(cfg, len(train.classes), weights_dir)
     model.eval()  # frozen BatchNorm and Dropout, as in the paper
     layers = trainable_layers(model, cfg.layers, skip_depthwise=cfg.skip_depthwise)
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
@@ -262,126 +301,133 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
     cache_root = Path(cache_dir or os.environ.get("LANCE_CACHE_DIR", Path.home() / ".cache" / "lance"))
     caches = {}
     for name, subset, flips in (("train", train, True), ("test", test, False)):
+        limit = cfg.train_limit if name == "train" else cfg.test_limit
         key = {"version": 1, "model": cfg.model, "weights": weights_source, "resolution": resolution,
                "dataset": cfg.dataset, "split": name, "classes": cfg.classes, "n": len(subset.labels),
-               "limit": cfg.train_limit if name == "train" else cfg.test_limit, "cut": split.cut,
+               "limit": limit, "cut": split.cut,
                # the seed picks the subset only when there is a limit: every seed of a full run shares one cache
-               "seed_subset": cfg.seed if (cfg.train_limit if name == "train" else cfg.test_limit) else None}
+               "seed_subset": cfg.seed if limit else None}
         cache = FeatureCache(cache_root, key, len(subset.labels), flips)
         cache.build(image_fn(subset, resolution), split.prefix, progress=progress)
         caches[name] = (cache, cache.load(), subset.labels)
-    (tc, tfeats, tlabels), (vc, vfeats, vlabels) = caches["train"], caches["test"]
-    if len(tlabels) < cfg.batch_size:
-        raise LanceError(f"{len(tlabels)} training images are fewer than one batch of {cfg.batch_size}.")
+    if len(caches["train"][2]) < cfg.batch_size:
+        raise LanceError(f"{len(caches['train'][2])} training images are fewer than one batch of {cfg.batch_size}; "
+                         "lower --batch-size or raise --train-limit.")
+    return _Setup(suffix, layers, params, split.cut, caches["train"], caches["test"], len(train.classes),
+                  resolution, weights_source)
 
-    # -- Phase I and the swap -------------------------------------------------------------------
-    ranks: dict = {}
-    calib = None
-    if cfg.method != "bp":
-        n_cal = cfg.calibration_batches if cfg.method in ("lance", "asi") else 1
-        plan = _epoch_plan(len(tlabels), cfg.batch_size, cfg.seed, epoch=-1)
-        batches = [tc.batch(tfeats, idx, fl) for idx, fl in plan[:n_cal]]
-        calib = calibrate(suffix, batches, layers, energy=cfg.energy, num_batches=len(batches),
-                          compress_batch=cfg.compress_batch)
-        factory = {"lance": None, "asi": asi_factory(), "hosvd": hosvd_factory(cfg.hosvd_energy, cfg.compress_batch)}
-        compress(suffix, calib, factory=factory[cfg.method])
-        ranks = {n: list(calib[n].ranks) for n in layers}
-    in_size = tuple(tfeats.shape[2:])
-    table = activation_memory(suffix, layers, in_size, cfg.batch_size,
-                              calibration=calib if cfg.method in ("lance", "asi") else None)
 
-    # -- optimiser ----------------------------------------------------------------------------------
+def _phase_one(cfg: FinetuneConfig, s: _Setup):
+    """Calibrate on the first batches of the run's own order and swap the layers in; returns the
+    calibration (None for BP) and the ranks per layer."""
+    if cfg.method == "bp":
+        return None, {}
+    tc, tfeats, tlabels = s.train
+    n_cal = cfg.calibration_batches if cfg.method in ("lance", "asi") else 1
+    plan = _epoch_plan(len(tlabels), cfg.batch_size, cfg.seed, epoch=-1)
+    batches = [tc.batch(tfeats, idx, fl) for idx, fl in plan[:n_cal]]
+    calib = calibrate(s.suffix, batches, s.layers, energy=cfg.energy, num_batches=len(batches),
+                      compress_batch=cfg.compress_batch)
+    factory = {"lance": None, "asi": asi_factory(), "hosvd": hosvd_factory(cfg.hosvd_energy, cfg.compress_batch)}
+    compress(s.suffix, calib, factory=factory[cfg.method])
+    return calib, {n: list(calib[n].ranks) for n in s.layers}
+
+
+def _optimiser(cfg: FinetuneConfig, params, steps_per_epoch: int):
     script = cfg.optimizer == "script"
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9 if script else 0.0, weight_decay=1e-4 if script else 0.0)
-    steps_per_epoch = len(tlabels) // cfg.batch_size
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch, eta_min=0.01 * cfg.lr)
              if script else None)
+    return opt, sched
 
-    history: list[dict] = []
-    start_epoch = 0
-    # a run may take several processes: their wall times add up, and each one's commit is kept
-    elapsed_before, commits = 0.0, [started["commit"]]
-    # CPU time of the processes (all threads): unlike the wall time, it leaves out spells in which a
-    # process was paused or waited for a shared core. None once an earlier process did not record it.
-    cpu_start, cpu_before = time.process_time(), 0.0
 
-    def weight_norms() -> dict:  # how far each trained weight has moved; a diverging run shows here first
-        return {n: float(suffix.get_submodule(n).weight.detach().norm()) for n in layers}
+@dataclass
+class _RunState:
+    """What a run carries from epoch to epoch and from process to process (the checkpoint)."""
 
-    initial_norms = weight_norms()  # the pretrained weights' (a resumed run takes its checkpoint's)
-    ckpt_path = Path(checkpoint_dir) / (result_name(cfg)[:-5] + ".pt") if checkpoint_dir else None
-    if ckpt_path is not None and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        suffix.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+    history: list = field(default_factory=list)
+    epoch: int = 0
+    elapsed: float = 0.0  # wall seconds of earlier processes on this run
+    commits: list = field(default_factory=list)  # one per process that worked on the run
+    cpu_elapsed: Optional[float] = 0.0  # CPU seconds of earlier processes (None: one did not record it)
+    initial_norms: Optional[dict] = None
+
+
+def _weight_norms(suffix: nn.Module, layers) -> dict:
+    """How far each trained weight has moved; a diverging run shows here first."""
+    return {n: float(suffix.get_submodule(n).weight.detach().norm()) for n in layers}
+
+
+def _resume(ckpt_path, cfg: FinetuneConfig, s: _Setup, opt, sched, run: _RunState, log) -> None:
+    saved = load_checkpoint(ckpt_path, dataclasses.asdict(cfg))
+    if saved is None:
+        return
+    s.suffix.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    if sched is not None:
+        sched.load_state_dict(saved["scheduler"])
+    for name, bases in saved.get("asi_bases", {}).items():
+        s.suffix.get_submodule(name)._bases = bases
+    run.history, run.epoch = saved["history"], saved["epoch"]
+    run.elapsed = saved.get("elapsed", sum(h["seconds"] for h in run.history))
+    run.commits = saved.get("commits", ["unrecorded"]) + run.commits
+    run.cpu_elapsed = saved.get("cpu_elapsed")
+    run.initial_norms = saved.get("initial_norms")
+    log(f"resumed {Path(ckpt_path).name} after epoch {run.epoch}")
+
+
+def _check_finite(loss: torch.Tensor, grad_norm: torch.Tensor, epoch: int, step: int, cfg: FinetuneConfig) -> None:
+    if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+        what = "loss" if not torch.isfinite(loss) else "gradient norm"
+        value = float((loss if what == "loss" else grad_norm).detach())
+        raise DivergedError(f"the training {what} became {value} at epoch {epoch + 1}, step {step + 1} (lr {cfg.lr:g}); "
+                            "no result was written. Lower --lr, or check the weights for NaN.")
+
+
+def _train_epoch(cfg: FinetuneConfig, s: _Setup, opt, sched, epoch: int, bar=None,
+                 measure: bool = False) -> tuple[dict, Optional[int]]:
+    """One epoch; returns its history entry and, with ``measure``, the bytes autograd saved for the
+    trained layers on the first step (None otherwise)."""
+    tc, tfeats, tlabels = s.train
+    script = cfg.optimizer == "script"
+    t0, c0 = time.perf_counter(), time.process_time()
+    losses, correct, seen, angles, measured = [], 0, 0, {}, None
+    for step, (idx, fl) in enumerate(_epoch_plan(len(tlabels), cfg.batch_size, cfg.seed, epoch)):
+        x, y = tc.batch(tfeats, idx, fl), tlabels[idx]
+        if step == 0:
+            if measure:
+                measured = sum(measured_bytes(saved_tensors(s.suffix, x), s.layers).values())
+            if cfg.method != "bp":  # the exact gradient of this batch, for the angle
+                with exact_backward():
+                    exact = torch.autograd.grad(F.cross_entropy(s.suffix(x), y),
+                                                [s.suffix.get_submodule(n).weight for n in s.layers])
+        opt.zero_grad(set_to_none=True)
+        out = s.suffix(x)
+        loss = F.cross_entropy(out, y)
+        loss.backward()
+        if step == 0 and cfg.method != "bp":
+            angles = {n: _angle_or_nan(s.suffix.get_submodule(n).weight.grad, g) for n, g in zip(s.layers, exact)}
+        grad_norm = (nn.utils.clip_grad_norm_(s.params, 2.0) if script else
+                     torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in s.params if p.grad is not None])))
+        _check_finite(loss, grad_norm, epoch, step, cfg)
+        opt.step()
         if sched is not None:
-            sched.load_state_dict(state["scheduler"])
-        for name, bases in state.get("asi_bases", {}).items():
-            suffix.get_submodule(name)._bases = bases
-        history, start_epoch = state["history"], state["epoch"]
-        # checkpoints written before these were recorded: the epochs' own times, commit unknown
-        elapsed_before = state.get("elapsed", sum(h["seconds"] for h in history))
-        commits = state.get("commits", ["unrecorded"]) + commits
-        cpu_before = state.get("cpu_elapsed")
-        initial_norms = state.get("initial_norms")
-        log(f"resumed {ckpt_path.name} after epoch {start_epoch}")
+            sched.step()
+        losses.append(loss.item())
+        correct += int((out.argmax(1) == y).sum())
+        seen += len(y)
+        if bar:
+            bar.update(1)
+    vc, vfeats, vlabels = s.test
+    entry = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "train_acc": 100.0 * correct / seen,
+             "test_acc": _evaluate(s.suffix, vc, vfeats, vlabels, 256), "angle_deg": angles,
+             "weight_norm": _weight_norms(s.suffix, s.layers), "seconds": time.perf_counter() - t0,
+             "cpu_seconds": time.process_time() - c0}
+    return entry, measured
 
-    measured = None
-    lance_layers = compressed_layers(suffix)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-                   desc=f"{cfg.method} L{cfg.layers}", leave=False)
-    for epoch in range(start_epoch, cfg.epochs):
-        t0, c0 = time.perf_counter(), time.process_time()
-        losses, correct, seen, angles = [], 0, 0, {}
-        for step, (idx, fl) in enumerate(_epoch_plan(len(tlabels), cfg.batch_size, cfg.seed, epoch)):
-            x, y = tc.batch(tfeats, idx, fl), tlabels[idx]
-            if step == 0:
-                if measured is None:  # what autograd really keeps for the trainable layers
-                    measured = sum(measured_bytes(saved_tensors(suffix, x), layers).values())
-                if cfg.method != "bp":  # the exact gradient of this batch, for the angle
-                    with exact_backward():
-                        exact = torch.autograd.grad(F.cross_entropy(suffix(x), y),
-                                                    [suffix.get_submodule(n).weight for n in layers])
-            opt.zero_grad(set_to_none=True)
-            out = suffix(x)
-            loss = F.cross_entropy(out, y)
-            loss.backward()
-            if step == 0 and cfg.method != "bp":
-                angles = {n: _angle_or_nan(suffix.get_submodule(n).weight.grad, g) for n, g in zip(layers, exact)}
-            if script:
-                nn.utils.clip_grad_norm_(params, 2.0)
-            opt.step()
-            if sched is not None:
-                sched.step()
-            losses.append(loss.item())
-            correct += int((out.argmax(1) == y).sum())
-            seen += len(y)
-            if bar:
-                bar.update(1)
-        test_acc = _evaluate(suffix, vc, vfeats, vlabels, 256)
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "train_acc": 100.0 * correct / seen,
-                        "test_acc": test_acc, "angle_deg": angles, "weight_norm": weight_norms(),
-                        "seconds": time.perf_counter() - t0,
-                        "cpu_seconds": time.process_time() - c0})
-        if ckpt_path is not None:
-            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save({"model": suffix.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict() if sched else None, "history": history, "epoch": epoch + 1,
-                        "asi_bases": {n: m._bases for n, m in lance_layers.items() if hasattr(m, "_bases")},
-                        "elapsed": elapsed_before + time.perf_counter() - start_time, "commits": commits,
-                        "cpu_elapsed": _cpu_total(cpu_before, cpu_start), "initial_norms": initial_norms}, tmp)
-            os.replace(tmp, ckpt_path)
-    if bar:
-        bar.close()
-    if measured is None:  # resumed after the last epoch: measure once now
-        x = tc.batch(tfeats, range(cfg.batch_size))
-        measured = sum(measured_bytes(saved_tensors(suffix, x), layers).values())
 
-    # -- the record ---------------------------------------------------------------------------------
+def _costs(cfg: FinetuneConfig, table, lance_layers: dict, ranks: dict) -> tuple[float, float, float, dict]:
+    """Analytic activation bytes, FLOPs per iteration, decomposition FLOPs and the ranks to report."""
     if cfg.method == "bp":
         analytic = float(table.bp_bytes.sum())
         flops = float(table.bp_fwd_flops.sum() + table.bp_bwd_flops.sum())
@@ -392,14 +438,21 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
     else:
         analytic = float(table.lance_bytes.sum())
         flops = float(table.lance_fwd_flops.sum() + table.lance_bwd_flops.sum())
-    shapes = {n: (cfg.batch_size,) + tuple(s[1:]) for n, s in zip(table.layer, table.input_shape)}
+    shapes = {n: (cfg.batch_size,) + tuple(sh[1:]) for n, sh in zip(table.layer, table.input_shape)}
     decomposition = _decomposition_flops(cfg.method, shapes, ranks) if cfg.method in ("hosvd", "asi") else 0.0
-    per_iteration = flops + decomposition
-    wall = time.perf_counter() - start_time
+    return analytic, flops + decomposition, decomposition, ranks
+
+
+def _record(cfg: FinetuneConfig, s: _Setup, run: _RunState, table, lance_layers, ranks, measured, started,
+            wall: float, cpu_start: float) -> dict:
+    from lance.experiments.provenance import provenance
+
+    analytic, per_iteration, decomposition, ranks = _costs(cfg, table, lance_layers, ranks)
+    steps_per_epoch = len(s.train[2]) // cfg.batch_size
     record = {
         "config": dataclasses.asdict(cfg),
         "metrics": {
-            "accuracy": history[-1]["test_acc"],
+            "accuracy": run.history[-1]["test_acc"],
             "activation_mb": analytic / MIB,
             "activation_mb_measured": measured / MIB,
             "bp_activation_mb": float(table.bp_bytes.sum()) / MIB,
@@ -407,22 +460,86 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
             "train_tflops_total": per_iteration * steps_per_epoch * cfg.epochs / 1e12,
             "decomposition_tflops": decomposition / 1e12,
             "ranks": ranks,
-            "angle_deg": [h["angle_deg"] for h in history],
-            "weight_norm_initial": initial_norms,  # None for a run resumed from an older checkpoint
-            "history": history,
-            "train_images": int(len(tlabels)),
-            "test_images": int(len(vlabels)),
-            "num_classes": num_classes,
-            "resolution": resolution,
-            "weights": weights_source,
-            "cut": split.cut,
+            "angle_deg": [h["angle_deg"] for h in run.history],
+            "weight_norm_initial": run.initial_norms,  # None for a run resumed from an older checkpoint
+            "history": run.history,
+            "train_images": int(len(s.train[2])),
+            "test_images": int(len(s.test[2])),
+            "num_classes": s.num_classes,
+            "resolution": s.resolution,
+            "weights": s.weights,
+            "cut": s.cut,
         },
-        "provenance": {**started, "wall_time_s": elapsed_before + wall, "wall_time_this_process_s": wall,
-                       "cpu_time_s": _cpu_total(cpu_before, cpu_start), "commits": commits,
+        "provenance": {**started, "wall_time_s": run.elapsed + wall, "wall_time_this_process_s": wall,
+                       "cpu_time_s": _cpu_total(run.cpu_elapsed, cpu_start), "commits": run.commits,
                        "finished_utc": provenance()["timestamp_utc"]},
     }
-    if len(set(commits)) > 1:
-        record["provenance"]["commit"] = record["provenance"]["git_commit"] = "+".join(dict.fromkeys(commits))
+    if len(set(run.commits)) > 1:
+        record["provenance"]["commit"] = record["provenance"]["git_commit"] = "+".join(dict.fromkeys(run.commits))
+    return record
+
+
+def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=None, out_dir=None,
+             checkpoint_dir=None, progress: bool = True, overwrite: bool = False, log=print) -> dict:
+    """Run one fine-tuning experiment; see the module docstring. Returns the result record.
+
+    With ``out_dir`` the record is written there as JSON (atomically, never over another file
+    unless ``overwrite``). With ``checkpoint_dir`` a checkpoint is written after every epoch and
+    an interrupted run resumes from it; ``overwrite`` starts from scratch instead. A loss or
+    gradient that becomes NaN or infinite stops the run with :class:`DivergedError`.
+    """
+    from lance.experiments.provenance import provenance
+    from lance.experiments.results import check_writable, write_result
+
+    start_time = time.perf_counter()
+    started = provenance(config=dataclasses.asdict(cfg), seed=cfg.seed)  # the code that runs is today's
+    out_path = Path(out_dir) / result_name(cfg) if out_dir else None
+    if out_path is not None:  # before any data is loaded
+        check_writable(out_path, overwrite=overwrite)
+    ckpt_path = Path(checkpoint_dir) / (result_name(cfg)[:-5] + ".pt") if checkpoint_dir else None
+    if ckpt_path is not None:
+        check_writable(ckpt_path, overwrite=True)
+        if overwrite:
+            ckpt_path.unlink(missing_ok=True)
+    torch.manual_seed(cfg.seed)
+    s = _prepare(cfg, data_dir, weights_dir, cache_dir, progress)
+    calib, ranks = _phase_one(cfg, s)
+    table = activation_memory(s.suffix, s.layers, tuple(s.train[1].shape[2:]), cfg.batch_size,
+                              calibration=calib if cfg.method in ("lance", "asi") else None)
+    steps_per_epoch = len(s.train[2]) // cfg.batch_size
+    opt, sched = _optimiser(cfg, s.params, steps_per_epoch)
+    # CPU time of the processes (all threads) from here on: unlike the wall time, it leaves out spells
+    # in which a process was paused or waited for a shared core
+    cpu_start = time.process_time()
+    run = _RunState(commits=[started["commit"]], initial_norms=_weight_norms(s.suffix, s.layers))
+    _resume(ckpt_path, cfg, s, opt, sched, run, log)
+    lance_layers = compressed_layers(s.suffix)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=run.epoch * steps_per_epoch,
+                   desc=f"{cfg.method} L{cfg.layers}", leave=False)
+    measured = None
+    for epoch in range(run.epoch, cfg.epochs):
+        entry, first_bytes = _train_epoch(cfg, s, opt, sched, epoch, bar, measure=measured is None)
+        measured = first_bytes if measured is None else measured  # what autograd keeps for the trained layers
+        run.history.append(entry)
+        run.epoch = epoch + 1
+        if ckpt_path is not None:
+            save_checkpoint(ckpt_path, {
+                "model": s.suffix.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched else None, "history": run.history, "epoch": run.epoch,
+                "asi_bases": {n: m._bases for n, m in lance_layers.items() if hasattr(m, "_bases")},
+                "elapsed": run.elapsed + time.perf_counter() - start_time, "commits": run.commits,
+                "cpu_elapsed": _cpu_total(run.cpu_elapsed, cpu_start), "initial_norms": run.initial_norms,
+            }, dataclasses.asdict(cfg))
+    if bar:
+        bar.close()
+    if measured is None:  # resumed after the last epoch: measure once now
+        x = s.train[0].batch(s.train[1], range(cfg.batch_size))
+        measured = sum(measured_bytes(saved_tensors(s.suffix, x), s.layers).values())
+    record = _record(cfg, s, run, table, lance_layers, ranks, measured, started,
+                     time.perf_counter() - start_time, cpu_start)
     if out_path is not None:
         write_result(out_path, record, overwrite=overwrite)
         log(f"wrote {out_path}")

@@ -18,11 +18,10 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["git_commit", "versions", "hardware", "provenance", "status_page", "write_text_atomic"]
+__all__ = ["git_commit", "versions", "hardware", "provenance"]
 
 #: Distributions reported by :func:`versions`, as ``key: distribution name``.
 PACKAGES: dict[str, str] = {
@@ -130,18 +129,3 @@ def provenance(config: Any = None, seed: int | None = None, wall_time_s: float |
         "seed": seed,
         "wall_time_s": wall_time_s,
     }
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and
-    :func:`os.replace`, so that readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -16,7 +16,7 @@ from typing import Any
 
 from lance.errors import LanceError
 
-__all__ = ["write_result", "read_result", "load_results", "RESULTS_DIR"]
+__all__ = ["write_result", "write_atomic", "check_writable", "read_result", "load_results", "RESULTS_DIR"]
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "data" / "results"
 
@@ -31,27 +31,57 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def write_result(path: str | os.PathLike, record: dict, *, overwrite: bool = False) -> Path:
-    """Write ``record`` as JSON to ``path`` atomically. An existing file is never replaced
-    unless ``overwrite``; a failure leaves any earlier file untouched."""
+FILE_MODE = 0o644
+
+
+def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Fail now, before a run computes anything, if ``path`` cannot be written: its folder cannot
+    be created or written, or the file exists and ``overwrite`` is not set."""
     path = Path(path)
+    if path.exists() and not overwrite:
+        raise LanceError(f"{path} exists; pass --force (overwrite=True) to replace it, or change the config.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=".write-check.", suffix=".tmp")
+    except OSError as err:
+        raise LanceError(f"cannot write to {path.parent} ({err.strerror or err}); pass another --out.") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
+def write_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, mode 0644. Without
+    ``overwrite`` the file is claimed exclusively (a hard link, which fails if the name exists):
+    of two writers of the same file, the second gets a :class:`LanceError` and the first file
+    stays whole. With ``overwrite`` it is replaced atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, FILE_MODE)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise LanceError(f"{path} exists (another process may have just written it); not replacing it: "
+                                 "pass --force (overwrite=True) to replace it.") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def write_result(path: str | os.PathLike, record: dict, *, overwrite: bool = False) -> Path:
+    """Write ``record`` as JSON to ``path`` with :func:`write_atomic`: never over another file
+    unless ``overwrite``; a failure leaves any earlier file untouched."""
     for key in ("config", "metrics", "provenance"):
         if key not in record:
             raise LanceError(f"a result record needs a {key!r} section.")
-    if path.exists() and not overwrite:
-        raise LanceError(f"{path} exists; not overwriting it (pass overwrite=True / --force to replace it).")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_clean(record), f, indent=1, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, json.dumps(_clean(record), indent=1, sort_keys=False) + "\n", overwrite=overwrite)
 
 
 def read_result(path: str | os.PathLike) -> dict:

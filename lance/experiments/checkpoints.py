@@ -1,0 +1,83 @@
+"""Checkpoints of running experiments: saved atomically with the configuration they belong to,
+loaded without unpickling code (``weights_only=True``) and refused when the configuration differs.
+
+    save_checkpoint(path, {"model": ..., "epoch": 3}, config)
+    state = load_checkpoint(path, config)   # None when there is none
+
+A checkpoint written on a GPU loads on a CPU (``map_location="cpu"``).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from lance.errors import LanceError
+
+__all__ = ["save_checkpoint", "load_checkpoint", "safe_load", "FILE_MODE"]
+
+FILE_MODE = 0o644  # results and checkpoints are readable by everyone who can read the folder
+
+
+def safe_load(path: str | os.PathLike, what: str = "file") -> Any:
+    """``torch.load`` with ``weights_only=True`` onto the CPU; a file that holds anything but
+    tensors and plain containers (a pickle with code in it) or that is damaged gets a one-line
+    :class:`LanceError` instead of being run."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise LanceError(f"{what} {path} not found.") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LanceError(f"{what} {path} is not a plain tensor file that can be loaded safely ({first[:120]}); "
+                         "delete it, or pass --force to start the run afresh.") from None
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict, config: dict) -> Path:
+    """Write ``state`` and the run's ``config`` to ``path`` through a temporary file renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"config": config, **state}, tmp)
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _differences(stored: dict, config: dict) -> list[str]:
+    keys = list(config) + [k for k in stored if k not in config]
+    return [f"{k}: {stored.get(k)!r} there, {config.get(k)!r} now" for k in keys
+            if _plain(stored.get(k)) != _plain(config.get(k))]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def load_checkpoint(path: Optional[str | os.PathLike], config: dict) -> Optional[dict]:
+    """The state saved at ``path`` for ``config``, or None when there is no checkpoint. A
+    checkpoint of another configuration, or one without its configuration, is refused."""
+    if path is None or not Path(path).exists():
+        return None
+    saved = safe_load(path, "checkpoint")
+    if not isinstance(saved, dict) or "config" not in saved:
+        raise LanceError(f"checkpoint {path} does not record its configuration, so it cannot be told apart from "
+                         "another run's; delete it, or pass --force to start the run afresh.")
+    diffs = _differences(saved["config"], config)
+    if diffs:
+        raise LanceError(f"checkpoint {path} was written for another configuration ({'; '.join(diffs[:3])}); "
+                         "pass --force to start afresh, or delete it.")
+    return saved

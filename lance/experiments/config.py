@@ -1,0 +1,107 @@
+"""What every experiment's configuration shares: fields that carry their own help text and
+check, one validation that runs them all before any data is loaded, and the checks themselves.
+
+A configuration is a dataclass whose fields are declared with :func:`option`::
+
+    epochs: int = option(50, "training epochs", positive)
+
+:func:`validate` runs every field's check and raises a one-line :class:`LanceError` naming the
+field, the value and what it may be. The command line reads the same help texts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Iterable, Optional
+
+from lance.errors import LanceError
+
+__all__ = ["option", "validate", "positive", "non_negative", "positive_float", "finite_float", "fraction",
+           "one_of", "flag", "text", "span", "help_of"]
+
+Check = Callable[[str, Any], None]
+
+
+def option(default: Any, help: str, check: Optional[Check] = None) -> Any:
+    """A dataclass field with its help text and its check (see :func:`validate`)."""
+    meta = {"help": help, "check": check}
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def help_of(cls, name: str) -> str:
+    """The help text of field ``name`` of the configuration class ``cls``."""
+    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
+
+
+def validate(cfg: Any) -> Any:
+    """Run every field's check; returns ``cfg``."""
+    for f in dataclasses.fields(cfg):
+        check = f.metadata.get("check")
+        if check is not None:
+            check(f.name, getattr(cfg, f.name))
+    return cfg
+
+
+def _flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def positive(name: str, value: Any) -> None:
+    if not _is_int(value) or value < 1:
+        raise LanceError(f"{name} must be a positive whole number, got {value!r} ({_flag_name(name)} N, N >= 1).")
+
+
+def non_negative(name: str, value: Any) -> None:
+    if not _is_int(value) or value < 0:
+        raise LanceError(f"{name} must be a whole number >= 0 (0: the default), got {value!r}.")
+
+
+def positive_float(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise LanceError(f"{name} must be a finite number > 0, got {value!r}.")
+
+
+def finite_float(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise LanceError(f"{name} must be a finite number >= 0, got {value!r}.")
+
+
+def fraction(name: str, value: Any) -> None:
+    """An energy threshold or a share: in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise LanceError(f"{name} must be in (0, 1], got {value!r}.")
+
+
+def one_of(choices: Iterable[str] | Callable[[], Iterable[str]]) -> Check:
+    def check(name: str, value: Any) -> None:
+        allowed = tuple(choices() if callable(choices) else choices)
+        if value not in allowed:
+            raise LanceError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, allowed))}.")
+    return check
+
+
+def flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise LanceError(f"{name} must be True or False, got {value!r}.")
+
+
+def text(name: str, value: Any) -> None:
+    """A name that becomes part of file names: no path separators, no leading dot."""
+    if not isinstance(value, str) or "/" in value or "\\" in value or value.startswith("."):
+        raise LanceError(f"{name} must be a plain name (no '/', '\\\\' or leading '.'), got {value!r}.")
+
+
+def span(name: str, value: Any) -> None:
+    """Classes ``(first, end)`` with ``0 <= first < end``, or None."""
+    if value is None:
+        return
+    if (not isinstance(value, (tuple, list)) or len(value) != 2 or not all(_is_int(v) for v in value)
+            or not 0 <= value[0] < value[1]):
+        raise LanceError(f"{name} must be two whole numbers FIRST END with 0 <= FIRST < END, got {value!r}.")
