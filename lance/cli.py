@@ -74,50 +74,62 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     """Every combination of models x methods x layers (x batch sizes), skipping finished ones."""
     import itertools
+    import sys
     import traceback
 
-    from lance.experiments.finetune import PROFILES, FinetuneConfig, finetune, result_name
+    from lance.errors import LanceError
+    from lance.experiments.finetune import finetune, result_name
 
-    failures = 0
     grid = itertools.product(args.models, args.layers, args.batch_sizes, args.energies, args.calibration_batches,
                              args.seeds, args.lrs or [None], args.methods)
-    for model, layers, bs, energy, n_cal, seed, lr, method in grid:
-        values = dict(PROFILES[args.profile], model=model, dataset=args.dataset, method=method, layers=layers,
-                      batch_size=bs, seed=seed, energy=energy)
-        if lr is not None:
-            values["lr"] = lr
-        if n_cal:
-            values["calibration_batches"] = n_cal
-        if args.epochs:
-            values["epochs"] = args.epochs
-        if args.classes:  # the split protocol (Table 1)
-            values["classes"] = tuple(args.classes)
-        if args.pretrained:
-            values["pretrained"] = args.pretrained
-        if args.resolution:
-            values["resolution"] = args.resolution
-        if not args.compress_batch:
-            values["compress_batch"] = False
-        if args.skip_depthwise:
-            values["skip_depthwise"] = True
-        cfg = FinetuneConfig(**values)
-        if (args.out / result_name(cfg)).exists():
-            print(f"done already: {result_name(cfg)}", flush=True)
+    configs = [_sweep_config(args, *point) for point in grid]  # every point is checked before any run starts
+    failures = 0
+    for cfg in configs:
+        name = result_name(cfg)
+        if (args.out / name).exists():
+            print(f"done already: {name}", flush=True)
             continue
-        lock = _claim(Path(args.checkpoint_dir) / (result_name(cfg)[:-len(".json")] + ".lock"))
+        lock = _claim(Path(args.checkpoint_dir) / (name[:-len(".json")] + ".lock"))
         if lock is None:  # another sweep (or `plan --run` in a second terminal) is on it
-            print(f"running in another process, skipped here: {result_name(cfg)}", flush=True)
+            print(f"running in another process, skipped here: {name}", flush=True)
             continue
-        print(f"running: {result_name(cfg)}", flush=True)
+        print(f"running: {name}", flush=True)
         try:
             finetune(cfg, data_dir=args.data_dir, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
                      out_dir=args.out, checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress)
-        except Exception:  # keep going with the other runs; the log says what failed
+        except LanceError as err:  # bad input or a diverged run: one line, and on with the other runs
+            failures += 1
+            print(f"error: {name}: {err}", file=sys.stderr, flush=True)
+        except Exception:  # a bug: the whole traceback, and on with the other runs
             failures += 1
             traceback.print_exc()
         finally:
             lock.unlink(missing_ok=True)
     return 1 if failures else 0
+
+
+def _sweep_config(args: argparse.Namespace, model, layers, bs, energy, n_cal, seed, lr, method):
+    from lance.experiments.finetune import PROFILES, FinetuneConfig
+
+    values = dict(PROFILES[args.profile], model=model, dataset=args.dataset, method=method, layers=layers,
+                  batch_size=bs, seed=seed, energy=energy)
+    if lr is not None:
+        values["lr"] = lr
+    if n_cal:
+        values["calibration_batches"] = n_cal
+    if args.epochs:
+        values["epochs"] = args.epochs
+    if args.classes:  # the split protocol (Table 1)
+        values["classes"] = tuple(args.classes)
+    if args.pretrained:
+        values["pretrained"] = args.pretrained
+    if args.resolution:
+        values["resolution"] = args.resolution
+    if not args.compress_batch:
+        values["compress_batch"] = False
+    if args.skip_depthwise:
+        values["skip_depthwise"] = True
+    return FinetuneConfig(**values)
 
 
 def _cmd_latency(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ data (:meth:`Calibration.truncate`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 
 from lance.errors import (
     BatchSizeError,
+    CalibrationMismatchError,
     InputShapeError,
     LanceError,
     NonFiniteActivationError,
@@ -28,7 +30,7 @@ from lance.errors import (
 from lance.core.hosvd import basis_from_gram, captured_energy, check_energy, energy_rank, mode_gram
 from lance.core.selection import layer_spec, resolve_layers
 
-__all__ = ["calibrate", "Calibration", "LayerCalibration", "ModeBasis", "mode_names", "layer_inputs"]
+__all__ = ["calibrate", "Calibration", "LayerCalibration", "ModeBasis", "mode_names", "layer_inputs", "model_fingerprint"]
 
 FORMAT_VERSION = 1
 
@@ -241,15 +243,22 @@ class Calibration:
             layers[name] = LayerCalibration(name, spec, tuple(d["input_shape"]), modes)
         return cls(layers, state["energy"], state["num_batches"], state["compress_batch"])
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write with ``torch.save``, atomically (a temporary file renamed into place)."""
+    def save(self, path: str | os.PathLike, model: Optional[nn.Module] = None) -> None:
+        """Write with ``torch.save``, atomically (a temporary file renamed into place), with a
+        sha256 of the tensors; with ``model``, also the fingerprint of the weights it was made
+        for, which :meth:`load` checks."""
+        state = self.state_dict()
+        state["sha256"] = _digest(state)
+        if model is not None:
+            state["model"] = model_fingerprint(model)
         path = os.fspath(path)
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
         os.close(fd)
         try:
-            torch.save(self.state_dict(), tmp)
+            torch.save(state, tmp)
+            os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -257,8 +266,29 @@ class Calibration:
             raise
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Calibration":
-        return cls.from_state_dict(torch.load(path, weights_only=True))
+    def load(cls, path: str | os.PathLike, model: Optional[nn.Module] = None) -> "Calibration":
+        """Read a file :meth:`save` wrote (tensors only: nothing in it is run), onto the CPU. It is
+        refused when its tensors do not match their checksum, and, with ``model``, when it was
+        made for other weights."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise LanceError(f"calibration file {path} not found.") from None
+        except Exception as err:  # any damage or a pickle with code: the loader refuses, we say so
+            raise LanceError(f"{path} is not a calibration file that loads safely ({type(err).__name__}); "
+                             "recompute it with lance.calibrate and Calibration.save.") from None
+        try:
+            if isinstance(state, dict) and "sha256" in state and state["sha256"] != _digest(state):
+                raise LanceError(f"the tensors in {path} do not match their checksum (the file is damaged or was "
+                                 "edited); recompute it with lance.calibrate.")
+            calib = cls.from_state_dict(state)
+        except (KeyError, TypeError, IndexError) as err:
+            raise LanceError(f"{path} is a damaged calibration file (missing {err}); recompute it with "
+                             "lance.calibrate.") from None
+        if model is not None and isinstance(state.get("model"), dict) and state["model"] != model_fingerprint(model):
+            raise CalibrationMismatchError(f"{path} was calibrated on other weights ({state['model']['type']}, "
+                                           f"sha256 {state['model']['sha256'][:12]}); recalibrate this model.")
+        return calib
 
 
 class _Accumulator:
@@ -298,6 +328,8 @@ class _Accumulator:
                 f"calibration batch {batch_index} has {shape[0]} samples, the first had {self.shape[0]}. "
                 "The batch mode is projected with a fixed factor, so every calibration batch must have the "
                 "training batch size: use drop_last=True in the DataLoader, or compress_batch=False.")
+        if x.dtype in (torch.float16, torch.bfloat16):  # a half-precision Gram matrix overflows
+            x = x.float()
         for m in range(x.dim()):
             if m == 0 and not self.compress_batch:
                 continue
@@ -315,6 +347,29 @@ class _Accumulator:
             vectors, values = basis_from_gram(self.grams[m] / self.count)
             modes.append(ModeBasis(names[m], size, energy_rank(values, energy), vectors, values))
         return LayerCalibration(self.name, self.spec, self.shape, modes)
+
+
+def _digest(state: dict[str, Any]) -> str:
+    """sha256 of a calibration state's tensors, layer by layer and mode by mode."""
+    h = hashlib.sha256()
+    for name in sorted(state["layers"]):
+        h.update(name.encode())
+        for m in state["layers"][name]["modes"]:
+            h.update(f"{m['name']}:{m['size']}:{m['rank']}".encode())
+            for t in (m["basis"], m["eigenvalues"]):
+                if t is not None:
+                    h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_fingerprint(model: nn.Module) -> dict[str, str]:
+    """The model's class and a sha256 of its parameters and buffers (names, shapes, values)."""
+    h = hashlib.sha256()
+    for name, t in list(model.state_dict().items()):
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                 if t.numel() else b"")
+    return {"type": type(model).__name__, "sha256": h.hexdigest()}
 
 
 def _inputs_of(batch: Any) -> Any:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lance.core.calibration import Calibration, LayerCalibration
-from lance.errors import BatchSizeError, CalibrationMismatchError, InputShapeError, LanceError
+from lance.errors import BatchSizeError, CalibrationMismatchError, InputShapeError, LanceError, UnsupportedLayerError
 from lance.core.hosvd import expand, is_channels_last, mode_product, project
 from lance.core.selection import layer_spec, resolve_layers
 
@@ -397,6 +397,7 @@ def compress(model: nn.Module, calibration: Calibration, layers: Optional[Sequen
     for name, module in modules.items():
         if isinstance(module, LanceLayer):
             raise LanceError(f"layer {name!r} is already compressed; call lance.decompress(model) first.")
+        _check_plain(name, module)
         lc = calibration[name]
         spec = layer_spec(module)
         if spec != lc.spec:
@@ -404,8 +405,37 @@ def compress(model: nn.Module, calibration: Calibration, layers: Optional[Sequen
                 f"the calibration was made for another model: layer {name!r} is {spec} here but the "
                 f"calibration recorded {lc.spec}. Calibrate this model with lance.calibrate.")
     for name, module in modules.items():
-        _set_submodule(model, name, _swap_in(module, calibration[name], factory))
+        new = _swap_in(module, calibration[name], factory)
+        _carry_hooks(module, new)
+        _set_submodule(model, name, new)
     return model
+
+
+# the module's hook tables: they travel with the layer when it is swapped in or out
+_HOOK_TABLES = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+                "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _carry_hooks(old: nn.Module, new: nn.Module) -> None:
+    for table in _HOOK_TABLES:
+        if hasattr(old, table):
+            setattr(new, table, getattr(old, table))
+    new._is_full_backward_hook = getattr(old, "_is_full_backward_hook", None)
+
+
+def _check_plain(name: str, module: nn.Module) -> None:
+    """Only the exact layer types LANCE implements: a subclass (weight standardisation, fake
+    quantisation, a parametrisation) or a weight recomputed by a hook (``weight_norm``) would lose
+    its behaviour silently once swapped."""
+    if type(module) not in (nn.Conv2d, nn.Linear):
+        raise UnsupportedLayerError(
+            f"layer {name!r} is a {type(module).__name__}, a subclass of {type(module).__mro__[1].__name__} with "
+            "behaviour of its own that a LANCE layer would drop; LANCE compresses plain nn.Conv2d and nn.Linear: "
+            "leave this layer out of `layers`, or remove the subclass's behaviour first.")
+    if any(n.endswith(("_g", "_v", "_orig")) for n, _ in module.named_parameters(recurse=False)):
+        raise UnsupportedLayerError(
+            f"layer {name!r} recomputes its weight in a hook (weight_norm or spectral_norm); LANCE would train "
+            "a stale copy: remove it first (torch.nn.utils.remove_weight_norm) or leave the layer out of `layers`.")
 
 
 def compressed_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -423,5 +453,6 @@ def decompress(model: nn.Module) -> nn.Module:
             plain = nn.Linear(m.in_features, m.out_features, m.bias is not None, device="meta")
         plain.weight, plain.bias = m.weight, m.bias
         plain.train(m.training)
+        _carry_hooks(m, plain)
         _set_submodule(model, name, plain)
     return model

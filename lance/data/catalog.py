@@ -11,7 +11,7 @@ from lance.data import cifar, cub, flowers, locate, miniimagenet, mnist, notmnis
 from lance.data.imageset import ImageSet
 from lance.data.locate import PathLike, Search, Source
 
-__all__ = ["DATASETS", "load", "source"]
+__all__ = ["DATASETS", "NUM_CLASSES", "load", "source"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,10 @@ DATASETS: dict[str, _Entry] = {
     "cub200": _Entry(cub.CUB200, cub.find, cub.read),
     "miniimagenet": _Entry(miniimagenet.MINIIMAGENET, miniimagenet.find, miniimagenet.read),
 }
+
+# classes per dataset (the published label sets), for a classifier built before any data is read
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "mnist": 10, "fashion_mnist": 10, "svhn": 10, "notmnist": 10,
+               "pets": 37, "flowers102": 102, "cub200": 200, "miniimagenet": 100}
 
 
 def source(name: str) -> Source:

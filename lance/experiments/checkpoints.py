@@ -9,8 +9,8 @@ A checkpoint written on a GPU loads on a CPU (``map_location="cpu"``).
 
 from __future__ import annotations
 
+import io
 import os
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -19,7 +19,7 @@ import torch
 
 from lance.errors import LanceError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "safe_load", "FILE_MODE"]
+__all__ = ["save_checkpoint", "load_checkpoint", "save_weights", "safe_load", "FILE_MODE"]
 
 FILE_MODE = 0o644  # results and checkpoints are readable by everyone who can read the folder
 
@@ -33,26 +33,38 @@ def safe_load(path: str | os.PathLike, what: str = "file") -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise LanceError(f"{what} {path} not found.") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as err:
+    except Exception as err:  # any damage or a pickle with code: the loader refuses, we say so
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LanceError(f"{what} {path} is not a plain tensor file that can be loaded safely ({first[:120]}); "
                          "delete it, or pass --force to start the run afresh.") from None
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict, config: dict) -> Path:
-    """Write ``state`` and the run's ``config`` to ``path`` through a temporary file renamed into place."""
-    path = Path(path)
+def _save_atomic(obj: Any, path: Path) -> Path:
+    """The bytes do not depend on the file's name (torch.save names its archive after the file it
+    writes to), so that the same tensors always give the same sha256."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        torch.save({"config": config, **state}, tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getvalue())
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict, config: dict) -> Path:
+    """Write ``state`` and the run's ``config`` to ``path`` through a temporary file renamed into place."""
+    return _save_atomic({"config": config, **state}, Path(path))
+
+
+def save_weights(path: str | os.PathLike, state_dict: dict) -> Path:
+    """A plain ``state_dict`` (no configuration: other programs read it), written the same way."""
+    return _save_atomic(state_dict, Path(path))
 
 
 def _differences(stored: dict, config: dict) -> list[str]:

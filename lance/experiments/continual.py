@@ -41,6 +41,9 @@ from lance.data.tasks import Benchmark, build_benchmark
 from lance.models.continual import DEFAULT_MODEL, ContinualNet, build_cl_model
 from lance.core.memory import ContinualMemory, calibrate_in_null_space, gpm_threshold, project_gradients
 from lance.errors import LanceError
+from lance.experiments.checkpoints import load_checkpoint, save_checkpoint
+from lance.experiments.config import non_negative, text
+from lance.experiments.results import check_writable
 from lance.core.layers import compress, decompress
 
 __all__ = ["ContinualConfig", "CL_METHODS", "CL_PROFILES", "profile_settings", "continual", "cl_result_name", "acc_bwt",
@@ -77,8 +80,17 @@ class ContinualConfig:
     data_seed: int = 0  # the class split / permutation / validation hold-out
 
     def validate(self) -> "ContinualConfig":
+        from lance.data.tasks import BENCHMARKS
+
+        if self.benchmark not in BENCHMARKS:
+            raise LanceError(f"unknown benchmark {self.benchmark!r}; choose one of {', '.join(BENCHMARKS)}.")
         if self.method not in CL_METHODS:
             raise LanceError(f"unknown continual method {self.method!r}; choose one of {', '.join(CL_METHODS)}.")
+        for key in ("tasks", "train_limit", "test_limit", "seed", "data_seed"):
+            non_negative(key, getattr(self, key))
+        if isinstance(self.val_fraction, bool) or not 0 <= self.val_fraction < 1:
+            raise LanceError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}.")
+        text("model", self.model or "default")
         for key in ("epochs", "batch_size", "patience", "calibration_batches", "memory_examples"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -253,13 +265,6 @@ def _memory_batches(x: Tensor, n: int, generator: torch.Generator):
     return [x[idx]]
 
 
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _trainable(model: ContinualNet, task: int, layers: list[str], method: str) -> list[nn.Parameter]:
     """Task 1 (and multitask): everything. Later tasks: the shared layers and this task's head;
     BatchNorm stays as learned on task 1."""
@@ -309,8 +314,10 @@ def continual(config: ContinualConfig, *, out_dir: Optional[os.PathLike] = None,
 
     c = config.validate()
     name = cl_result_name(c)
-    if out_dir is not None and (Path(out_dir) / name).exists() and not overwrite:
-        raise LanceError(f"{Path(out_dir) / name} exists; not overwriting it (pass overwrite=True / --force).")
+    if out_dir is not None:  # before any data is loaded
+        if (Path(out_dir) / name).exists() and not overwrite:
+            raise LanceError(f"{Path(out_dir) / name} exists; not overwriting it (pass overwrite=True / --force).")
+        check_writable(Path(out_dir) / name, overwrite=overwrite)
     start = time.time()
     started = provenance(c, seed=c.seed)  # the code that runs is the code at the start
     if benchmark is None:
@@ -329,10 +336,10 @@ def continual(config: ContinualConfig, *, out_dir: Optional[os.PathLike] = None,
 
     state = {"done": 0, "matrix": [], "tasks": [], "elapsed": 0.0, "commits": []}
     ckpt = Path(checkpoint_dir) / name.replace(".json", ".pt") if checkpoint_dir is not None else None
-    if ckpt is not None and ckpt.exists():
-        saved = torch.load(ckpt, weights_only=False)
-        if saved["config"] != dataclasses.asdict(c):
-            raise LanceError(f"checkpoint {ckpt} was written for another config; delete it to start afresh.")
+    if ckpt is not None and overwrite:
+        ckpt.unlink(missing_ok=True)  # --force: from scratch
+    saved = load_checkpoint(ckpt, dataclasses.asdict(c))
+    if saved is not None:
         model.load_state_dict(saved["model"])
         if memory is not None:
             memory = ContinualMemory.from_state_dict(saved["memory"])
@@ -361,8 +368,9 @@ def continual(config: ContinualConfig, *, out_dir: Optional[os.PathLike] = None,
         state["done"] = t + 1
         state["elapsed"] = state.get("elapsed", 0.0) + info["wall_time_s"]
         if ckpt is not None:
-            _atomic_save({"config": dataclasses.asdict(c), "model": model.state_dict(),
-                          "memory": None if memory is None else memory.state_dict(), "state": state}, ckpt)
+            save_checkpoint(ckpt, {"model": model.state_dict(),
+                                   "memory": None if memory is None else memory.state_dict(), "state": state},
+                            dataclasses.asdict(c))
         if progress:
             print(f"task {t + 1}/{T}: accuracy on tasks so far "
                   + " ".join(f"{a:.1f}" for a in row[:t + 1]), flush=True)

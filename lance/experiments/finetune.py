@@ -30,7 +30,7 @@ from lance.analysis.baselines import asi_factory, hosvd_factory
 from lance.experiments.cache import FeatureCache, split_model
 from lance.core.calibration import calibrate
 from lance.errors import DivergedError, LanceError
-from lance.experiments.checkpoints import load_checkpoint, save_checkpoint
+from lance.experiments.checkpoints import load_checkpoint, safe_load, save_checkpoint
 from lance.experiments.config import (finite_float, flag, fraction, non_negative, one_of, option, positive, span,
                                      validate)
 from lance.analysis.fidelity import gradient_angle
@@ -206,12 +206,20 @@ def _build_model(cfg: FinetuneConfig, num_classes: int, weights_dir) -> tuple[nn
                              "pretrain` (`python -m lance plan` lists the command), or pass 'imagenet' or "
                              "another state_dict file.")
         model = models.build(cfg.model, num_classes=num_classes, pretrained=False, weights_dir=weights_dir)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = safe_load(path, "pretrained weights file")
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise LanceError(f"{path} is not a state_dict (a dict of tensors); pass the .pt file that "
+                             "`python -m lance pretrain` wrote.")
         head = head_name(model)
         state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or any(not k.startswith(head + ".") for k in missing):
-            raise LanceError(f"checkpoint {path} does not fit {cfg.model}: missing {missing[:3]}, unexpected {unexpected[:3]}.")
+        own = model.state_dict()
+        wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+        missing = [k for k in own if k not in state and not k.startswith(head + ".")]
+        unexpected = [k for k in state if k not in own]
+        if wrong or missing or unexpected:
+            raise LanceError(f"weights file {path} does not fit {cfg.model} (other shapes {wrong[:2]}, missing "
+                             f"{missing[:2]}, unexpected {unexpected[:2]}); pass weights of this model.")
+        model.load_state_dict(state, strict=False)
         # the digest ties the run to its pretraining record (data/results/pretrain, metrics.weights_sha256)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         source = f"{path} ({path.stat().st_size} bytes, sha256 {digest})"
@@ -283,15 +291,20 @@ def _prepare(cfg: FinetuneConfig, data_dir, weights_dir, cache_dir, progress: bo
     from lance import data
     from lance.models import zoo as models
 
+    # the model first: a weights file of another model is refused before seconds of data loading
+    num_classes = _num_classes(cfg)
+    model, weights_source = _build_model(cfg, num_classes, weights_dir)
+    model.eval()  # frozen BatchNorm and Dropout, as in the paper
+    layers = trainable_layers(model, cfg.layers, skip_depthwise=cfg.skip_depthwise)
     train, test = data.load(cfg.dataset, "train", data_dir), data.load(cfg.dataset, "test", data_dir)
     if cfg.classes:
         wanted = list(range(*cfg.classes))
         train, test = data.split_classes(train, wanted), data.split_classes(test, wanted)
+    if len(train.classes) != num_classes:
+        raise LanceError(f"{cfg.dataset} has {len(train.classes)} classes in this selection, not {num_classes}; "
+                         "check --classes.")
     train, test = _subset(train, cfg.train_limit, cfg.seed), _subset(test, cfg.test_limit, cfg.seed + 1)
     resolution = cfg.resolution or models.resolution(cfg.model)
-    model, weights_source = _build_model(cfg, len(train.classes), weights_dir)
-    model.eval()  # frozen BatchNorm and Dropout, as in the paper
-    layers = trainable_layers(model, cfg.layers, skip_depthwise=cfg.skip_depthwise)
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     # the cut falls before the first trained layer, and before the last cache_cut convs (a shared cache)
     first = min(layers + trainable_layers(model, max(cfg.layers, cfg.cache_cut))[:1], key=order.__getitem__)
@@ -313,8 +326,21 @@ def _prepare(cfg: FinetuneConfig, data_dir, weights_dir, cache_dir, progress: bo
     if len(caches["train"][2]) < cfg.batch_size:
         raise LanceError(f"{len(caches['train'][2])} training images are fewer than one batch of {cfg.batch_size}; "
                          "lower --batch-size or raise --train-limit.")
-    return _Setup(suffix, layers, params, split.cut, caches["train"], caches["test"], len(train.classes),
+    return _Setup(suffix, layers, params, split.cut, caches["train"], caches["test"], num_classes,
                   resolution, weights_source)
+
+
+def _num_classes(cfg: FinetuneConfig) -> int:
+    """The classifier's width, from the catalogue (no data is read)."""
+    from lance.data.catalog import NUM_CLASSES
+
+    total = NUM_CLASSES[cfg.dataset]
+    if cfg.classes:
+        if cfg.classes[1] > total:
+            raise LanceError(f"--classes {cfg.classes[0]} {cfg.classes[1]} reaches past the {total} classes of "
+                             f"{cfg.dataset}; END must be at most {total}.")
+        return cfg.classes[1] - cfg.classes[0]
+    return total
 
 
 def _phase_one(cfg: FinetuneConfig, s: _Setup):

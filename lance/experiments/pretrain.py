@@ -24,27 +24,41 @@ import torch
 import torch.nn.functional as F
 
 from lance.errors import LanceError
+from lance.experiments.checkpoints import load_checkpoint, save_checkpoint, save_weights
+from lance.experiments.config import (finite_float, non_negative, one_of, option, positive, positive_float, span,
+                                     validate)
 
 __all__ = ["PretrainConfig", "pretrain", "checkpoint_name", "record_path"]
 
 
+def _model_names():
+    from lance.models.zoo import MODEL_NAMES
+    return MODEL_NAMES
+
+
+def _dataset_names():
+    from lance.data.catalog import DATASETS
+    return tuple(DATASETS)
+
+
 @dataclass
 class PretrainConfig:
-    model: str = "resnet18"
-    dataset: str = "cifar100"
-    classes: tuple[int, int] = (0, 50)  # split A: train on classes [a, b)
-    resolution: int = 64
-    epochs: int = 15  # from scratch at 64 px: already hours for ResNet18 on one CPU core
-    batch_size: int = 128
-    lr: float = 0.1
-    weight_decay: float = 5e-4
-    seed: int = 0
-    train_limit: int = 0  # 0: every image of split A
+    model: str = option("resnet18", "network trained from scratch", one_of(_model_names))
+    dataset: str = option("cifar100", "dataset", one_of(_dataset_names))
+    classes: tuple[int, int] = option((0, 50), "split A: train on classes [FIRST, END)", span)
+    resolution: int = option(64, "input size in px", positive)
+    # from scratch at 64 px: already hours for ResNet18 on one CPU core
+    epochs: int = option(15, "training epochs", positive)
+    batch_size: int = option(128, "batch size", positive)
+    lr: float = option(0.1, "peak learning rate of the one-cycle schedule", positive_float)
+    weight_decay: float = option(5e-4, "weight decay", finite_float)
+    seed: int = option(0, "seed", non_negative)
+    train_limit: int = option(0, "use only this many images of split A (0: all)", non_negative)
 
     def __post_init__(self):
-        self.classes = tuple(self.classes)
-        if len(self.classes) != 2 or not 0 <= self.classes[0] < self.classes[1]:
-            raise LanceError(f"classes must be (first, end) with first < end, got {self.classes}.")
+        if isinstance(self.classes, list):
+            self.classes = tuple(self.classes)
+        validate(self)
 
 
 def checkpoint_name(cfg: PretrainConfig) -> str:
@@ -107,8 +121,8 @@ def pretrain(cfg: PretrainConfig, *, data_dir=None, out_dir: str | os.PathLike =
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / f"{name}.ckpt"
     history, first, before = [], 0, 0.0  # before: seconds spent by earlier processes on this run
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = load_checkpoint(ckpt, dataclasses.asdict(cfg))
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -135,14 +149,11 @@ def pretrain(cfg: PretrainConfig, *, data_dir=None, out_dir: str | os.PathLike =
         if progress:
             log(f"epoch {epoch + 1}/{cfg.epochs}: loss {history[-1]['train_loss']:.3f}, "
                 f"test {history[-1]['test_acc']:.2f} % ({history[-1]['seconds']:.0f} s)")
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "history": history, "epoch": epoch + 1, "elapsed": before + time.perf_counter() - t_start}, tmp)
-        os.replace(tmp, ckpt)
+        save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                               "scheduler": sched.state_dict(), "history": history, "epoch": epoch + 1,
+                               "elapsed": before + time.perf_counter() - t_start}, dataclasses.asdict(cfg))
     weights = out_dir / f"{name}.pt"
-    tmp = weights.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, weights)
+    save_weights(weights, model.state_dict())
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     record = {
         "config": dataclasses.asdict(cfg),

@@ -1,0 +1,168 @@
+"""Bad input at the command line, one case per class of mistake: each gets exit status 2 and one
+line that starts with ``error:``, no traceback, before any dataset is read, and no file is written.
+
+The cases are what a user types by mistake (numbers out of range, unknown names, missing or
+foreign files, unwritable outputs), taken from an adversarial pass over every command.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import lance.data
+import lance.data.catalog
+from lance.cli import main
+
+
+@pytest.fixture
+def no_data(monkeypatch):
+    """Fail the test if a dataset is read: the error must come before that."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a dataset was loaded before the bad input was refused")
+    monkeypatch.setattr(lance.data, "load", forbidden)
+    monkeypatch.setattr(lance.data.catalog, "load", forbidden)
+    monkeypatch.setattr("lance.data.tasks.build_benchmark", forbidden)
+    monkeypatch.setattr("lance.experiments.continual.build_benchmark", forbidden)
+
+
+def _files(tmp_path):
+    """Weights files a user might pass: another model's, a non-state-dict, a pickle with code."""
+    import torchvision
+
+    other = tmp_path / "resnet18.pt"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), other)
+    not_a_dict = tmp_path / "list.pt"
+    torch.save([torch.zeros(2)], not_a_dict)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    return {"OTHER": str(other), "LIST": str(not_a_dict), "BLOCKER": str(blocker / "out"),
+            "MISSING": str(tmp_path / "missing.pt")}
+
+
+class _Planted:
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))  # creates the file when unpickled
+
+
+FINETUNE = [
+    (["--epochs", "0"], "epochs must be a positive whole number"),
+    (["--batch-size", "0"], "batch_size must be a positive"),
+    (["--lr", "nan"], "lr must be a finite number"),
+    (["--lr", "-1"], "lr must be a finite number >= 0"),
+    (["--lr", "inf"], "lr must be a finite number"),
+    (["--resolution", "-1"], "resolution must be a whole number >= 0"),
+    (["--train-limit", "-1"], "train_limit must be a whole number >= 0"),
+    (["--test-limit", "-5"], "test_limit must be a whole number >= 0"),
+    (["--model", "../../evil"], "unknown model"),
+    (["--model", "resnet1000"], "unknown model"),
+    (["--dataset", "imagenet22k"], "unknown dataset"),
+    (["--energy", "1.5"], r"energy must be in \(0, 1\]"),
+    (["--energy", "0"], r"energy must be in \(0, 1\]"),
+    (["--energy", "nan"], r"energy must be in \(0, 1\]"),
+    (["--hosvd-energy", "-0.1"], r"hosvd_energy must be in \(0, 1\]"),
+    (["--classes", "5", "2"], "classes must be two whole numbers"),
+    (["--classes", "-1", "5"], "classes must be two whole numbers"),
+    (["--classes", "90", "120"], "reaches past the 100 classes"),
+    (["--calibration-batches", "0"], "calibration_batches must be a positive"),
+    (["--layers", "0"], "layers must be a positive"),
+    (["--layers", "1000"], "fewer than the 1000 requested"),
+    (["--seed", "-1"], "seed must be a whole number >= 0"),
+    (["--pretrained", "MISSING"], "not found"),
+    (["--pretrained", "OTHER"], "does not fit mobilenet_v2"),
+    (["--pretrained", "LIST"], "is not a state_dict"),
+    (["--pretrained", "PLANTED"], "not a plain tensor file"),
+    (["--out", "BLOCKER"], "cannot write to"),
+]
+SWEEP = [
+    (["--epochs", "-3"], "epochs must be a positive"),
+    (["--layers", "2", "0"], "layers must be a positive"),
+    (["--models", "mcunet-in2", "nope"], "unknown model"),
+    (["--seeds", "42", "-1"], "seed must be a whole number >= 0"),
+    (["--lrs", "nan"], "lr must be a finite"),
+    (["--energies", "0.7", "1.2"], r"energy must be in \(0, 1\]"),
+    (["--batch-sizes", "0"], "batch_size must be a positive"),
+    (["--resolution", "-2"], "resolution must be a whole number >= 0"),
+]
+PRETRAIN = [
+    (["--epochs", "0"], "epochs must be a positive"),
+    (["--classes", "5", "5"], "classes must be two whole numbers"),
+    (["--model", "nope"], "unknown model"),
+    (["--lr", "inf"], "lr must be a finite number > 0"),
+    (["--batch-size", "0"], "batch_size must be a positive"),
+    (["--resolution", "0"], "resolution must be a positive"),
+    (["--train-limit", "-1"], "train_limit must be a whole number >= 0"),
+    (["--dataset", "nope"], "unknown dataset"),
+]
+CONTINUAL = [
+    (["--tasks", "-2"], "tasks must be a whole number >= 0"),
+    (["--epochs", "0"], "epochs must be a positive"),
+    (["--train-limit", "-1"], "train_limit must be a whole number >= 0"),
+    (["--energy", "2"], r"energy must be in \(0, 1\]"),
+    (["--batch-size", "0"], "batch_size must be a positive"),
+    (["--lr", "-0.1"], "need lr > 0"),
+    (["--calibration-batches", "0"], "calibration_batches must be a positive"),
+    (["--memory-examples", "0"], "memory_examples must be a positive"),
+    (["--seed", "-4"], "seed must be a whole number >= 0"),
+    (["--model", "../x"], "model must be a plain name"),
+]
+LATENCY = [
+    (["--batch-size", "0"], "batch_size must be an integer >= 1"),
+    (["--model", "nope"], "unknown model"),
+    (["--energy", "1.5"], r"\(0, 1\]"),
+]
+CASES = ([("finetune", a, m) for a, m in FINETUNE] + [("sweep", a, m) for a, m in SWEEP]
+         + [("pretrain", a, m) for a, m in PRETRAIN] + [("continual", a, m) for a, m in CONTINUAL]
+         + [("latency", a, m) for a, m in LATENCY])
+
+
+@pytest.mark.parametrize("command,argv,message", CASES,
+                         ids=[f"{c}{' '.join(a)}" for c, a, _ in CASES])
+def test_bad_input_gets_one_line_and_status_2(command, argv, message, tmp_path, capsys, no_data):
+    files = _files(tmp_path)
+    planted, ran = tmp_path / "planted.pt", tmp_path / "the-pickle-ran"
+    torch.save({"features.0.0.weight": _Planted(ran)}, planted)
+    files["PLANTED"] = str(planted)
+    out = tmp_path / "results"
+    argv = [files.get(a, a) for a in argv]
+    full = [command, *argv]
+    if command in ("finetune", "sweep", "pretrain", "continual") and "--out" not in argv:
+        full += ["--out", str(out)]
+    if command in ("finetune", "sweep", "continual"):
+        full += ["--checkpoint-dir", str(tmp_path / "ckpt")]
+    if command == "pretrain":
+        full += ["--results", str(tmp_path / "records")]
+    if command == "latency":
+        full += ["--out", str(out / "latency.json")]
+    assert main(full) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("error:")
+    assert re.search(message, err), err
+    assert not ran.exists()
+    assert not out.exists() or not any(out.rglob("*.json"))
+
+
+def test_a_sweep_reports_a_failing_run_in_one_line_and_goes_on(tmp_path, capsys, monkeypatch):
+    """One run's LanceError (here: a diverged run) is one line in the log; the others still run."""
+    import lance.experiments.finetune as ft
+    from lance.errors import DivergedError
+
+    ran = []
+
+    def fake(cfg, **kwargs):
+        ran.append(cfg.layers)
+        if cfg.layers == 2:
+            raise DivergedError("the training loss became nan at epoch 1, step 3")
+
+    monkeypatch.setattr(ft, "finetune", fake)
+    status = main(["sweep", "--methods", "bp", "--layers", "2", "4", "--out", str(tmp_path / "r"),
+                   "--checkpoint-dir", str(tmp_path / "c"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 1 and ran == [2, 4]
+    assert "Traceback" not in err and err.count("\n") == 1 and "became nan" in err
