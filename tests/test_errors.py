@@ -147,3 +147,90 @@ def test_command_line_reports_bad_input_without_a_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: batch_size must be an integer >= 1") and "Traceback" not in err
     assert not (tmp_path / "x.json").exists()
+
+
+class _Standardised(nn.Conv2d):
+    """Weight standardisation: a Conv2d subclass whose forward differs from the plain one."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return self._conv_forward(x, w, self.bias)
+
+
+def test_compress_refuses_a_subclass_whose_behaviour_it_would_drop():
+    model = _conv_model()
+    cal = lance.calibrate(model, random_batches((2, 3, 5, 5)), ["0"])
+    sub = _Standardised(3, 4, 3, padding=1)
+    sub.load_state_dict(model[0].state_dict())
+    model[0] = sub
+    with pytest.raises(lance.UnsupportedLayerError, match="_Standardised, a subclass of Conv2d"):
+        lance.compress(model, cal)
+    assert type(model[0]) is _Standardised  # nothing was swapped
+
+
+def test_compress_refuses_a_weight_recomputed_by_a_hook():
+    model = _conv_model()
+    cal = lance.calibrate(model, random_batches((2, 3, 5, 5)), ["0"])
+    with pytest.warns(FutureWarning):
+        model[0] = torch.nn.utils.weight_norm(model[0])
+    with pytest.raises(lance.UnsupportedLayerError, match="weight_norm"):
+        lance.compress(model, cal)
+
+
+def test_compress_and_decompress_keep_the_layers_hooks():
+    model = _conv_model()
+    cal = lance.calibrate(model, random_batches((2, 3, 5, 5)), ["0"])
+    seen = []
+    model[0].register_forward_pre_hook(lambda m, args: seen.append("pre"))
+    model[0].register_forward_hook(lambda m, args, out: seen.append("post"))
+    x = torch.randn(2, 3, 5, 5, dtype=model[0].weight.dtype)
+    lance.compress(model, cal)
+    model(x)
+    lance.decompress(model)
+    model(x)
+    assert seen == ["pre", "post", "pre", "post"]
+
+
+def test_half_precision_inputs_are_calibrated_in_float32():
+    """A float16 Gram matrix of inputs of this size overflows (NaN eigenvalues, full rank)."""
+    model = single_layer_model(nn.Conv2d(3, 8, 3)).half()
+    batches = [torch.randn(8, 3, 32, 32).half() * 200 for _ in range(2)]
+    half = lance.calibrate(model, batches, ["0"], energy=0.5)
+    full = lance.calibrate(model.float(), [b.float() for b in batches], ["0"], energy=0.5)
+    assert half["0"].ranks == full["0"].ranks
+    assert all(torch.isfinite(m.eigenvalues).all() for m in half["0"].modes if m.eigenvalues is not None)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "edited", "planted"])
+def test_a_damaged_or_hostile_calibration_file_is_refused(damage, tmp_path):
+    model = _conv_model()
+    cal = lance.calibrate(model, random_batches((2, 3, 5, 5)), ["0"])
+    good, bad, ran = tmp_path / "c.pt", tmp_path / "bad.pt", tmp_path / "ran"
+    cal.save(good)
+    if damage == "truncated":
+        bad.write_bytes(good.read_bytes()[:300])
+    elif damage == "garbage":
+        bad.write_bytes(b"not a calibration")
+    elif damage == "edited":
+        state = torch.load(good, weights_only=True)
+        state["layers"]["0"]["modes"][1]["basis"][0, 0] += 1
+        torch.save(state, bad)
+    else:
+        class Planted:
+            def __reduce__(self):
+                return (open, (str(ran), "w"))
+        torch.save({"format": 1, "layers": Planted()}, bad)
+    with pytest.raises(lance.LanceError, match="checksum" if damage == "edited" else "loads safely"):
+        lance.Calibration.load(bad)
+    assert not ran.exists()
+    assert lance.Calibration.load(good)["0"].ranks == cal["0"].ranks
+
+
+def test_a_calibration_made_for_other_weights_is_refused(tmp_path):
+    model = _conv_model()
+    cal = lance.calibrate(model, random_batches((2, 3, 5, 5)), ["0"])
+    cal.save(tmp_path / "c.pt", model=model)
+    assert lance.Calibration.load(tmp_path / "c.pt", model=model)["0"].ranks == cal["0"].ranks
+    with pytest.raises(lance.CalibrationMismatchError, match="other weights"):
+        lance.Calibration.load(tmp_path / "c.pt", model=_conv_model())
