@@ -22,7 +22,7 @@ from torch import nn
 
 from lance.analysis.accounting import MIB, activation_memory, measured_bytes, saved_tensors
 from lance.core.calibration import calibrate
-from lance.core.layers import compress
+from lance.analysis.methods import apply_method, ranks_of
 from lance.experiments.cache import split_model
 from lance.core.selection import head_name, set_trainable, trainable_layers
 
@@ -108,7 +108,7 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> dict:
         set_trainable(base, names + [head_name(base)])
         cal = calibrate(base, calib_inputs, names, energy=cfg.energy, num_batches=cfg.calibration_batches)
         table = activation_memory(base, names, in_size, cfg.batch_size, calibration=cal)
-        nets = {"bp": base, "lance": compress(copy.deepcopy(base), cal)}
+        nets = {m: apply_method(copy.deepcopy(base) if m != "bp" else base, m, cal) for m in ("bp", "lance")}
         step = {}
         for method, model in nets.items():
             res = StepResult(n, method)
@@ -116,7 +116,7 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> dict:
             res.saved_bytes = sum(measured_bytes(report, names).values())
             res.total_saved_bytes = int(report[report.kind != "parameter"].drop_duplicates("storage").bytes.sum())
             res.analytic_bytes = int(table[f"{method}_bytes"].sum())
-            res.ranks = {name: list(cal[name].ranks) for name in names} if method == "lance" else {}
+            res.ranks = ranks_of(model, names, method, cal)
             step[method] = res
         _time_steps(nets, x, target, cfg.repeats, step)
         for method, res in step.items():

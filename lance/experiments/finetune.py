@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lance.analysis.accounting import MIB, activation_memory, measured_bytes, saved_tensors
-from lance.analysis.baselines import asi_factory, hosvd_factory
+from lance.analysis.methods import METHODS, apply_method
 from lance.experiments.cache import FeatureCache, split_model
 from lance.core.calibration import calibrate
 from lance.errors import DivergedError, LanceError
@@ -34,12 +34,10 @@ from lance.experiments.checkpoints import load_checkpoint, safe_load, save_check
 from lance.experiments.config import (finite_float, flag, fraction, non_negative, one_of, option, positive, span,
                                      validate)
 from lance.analysis.fidelity import gradient_angle
-from lance.core.layers import compress, compressed_layers, exact_backward
+from lance.core.layers import compressed_layers, exact_backward
 from lance.core.selection import head_name, set_trainable, trainable_layers
 
 __all__ = ["FinetuneConfig", "PROFILES", "finetune", "result_name", "METHODS", "image_fn"]
-
-METHODS = ("bp", "hosvd", "asi", "lance")
 
 
 DEFAULT_LR = 0.05  # the paper's (Table 4)
@@ -354,8 +352,7 @@ def _phase_one(cfg: FinetuneConfig, s: _Setup):
     batches = [tc.batch(tfeats, idx, fl) for idx, fl in plan[:n_cal]]
     calib = calibrate(s.suffix, batches, s.layers, energy=cfg.energy, num_batches=len(batches),
                       compress_batch=cfg.compress_batch)
-    factory = {"lance": None, "asi": asi_factory(), "hosvd": hosvd_factory(cfg.hosvd_energy, cfg.compress_batch)}
-    compress(s.suffix, calib, factory=factory[cfg.method])
+    apply_method(s.suffix, cfg.method, calib, hosvd_energy=cfg.hosvd_energy, compress_batch=cfg.compress_batch)
     return calib, {n: list(calib[n].ranks) for n in s.layers}
 
 

@@ -181,15 +181,10 @@ def _head_name(model: nn.Module) -> str:
 
 
 def _prepare(base: nn.Module, method: str, calib, cfg: LatencyConfig) -> nn.Module:
-    from lance.analysis.baselines import asi_factory, hosvd_factory
-    from lance.core.layers import compress
+    from lance.analysis.methods import apply_method
 
-    model = copy.deepcopy(base)
-    if method == "bp":
-        return model
-    factory = {"lance": None, "asi": asi_factory(),
-               "hosvd": hosvd_factory(cfg.hosvd_energy, solver=cfg.hosvd_solver)}[method]
-    return compress(model, calib, factory=factory)
+    return apply_method(copy.deepcopy(base), method, calib, hosvd_energy=cfg.hosvd_energy,
+                        hosvd_solver=cfg.hosvd_solver)
 
 
 def _time_trial(model: nn.Module, steps: list, lr: float) -> tuple[list, list]:
@@ -211,14 +206,6 @@ def _time_trial(model: nn.Module, steps: list, lr: float) -> tuple[list, list]:
     return forward, backward
 
 
-def _ranks_of(model: nn.Module, layers: list[str], method: str, calib) -> dict:
-    if method in ("lance", "asi"):
-        return {n: list(calib[n].ranks) for n in layers}
-    if method == "hosvd":  # the ranks of the last step (they change from step to step)
-        return {n: list(model.get_submodule(n).last_ranks) for n in layers}
-    return {}
-
-
 def run_latency(cfg: LatencyConfig, *, data_dir=None, weights_dir=None, log: Callable = print) -> dict:
     """Run the latency experiment; returns ``{"config", "setup", "results", "provenance"}``.
 
@@ -226,6 +213,7 @@ def run_latency(cfg: LatencyConfig, *, data_dir=None, weights_dir=None, log: Cal
     ``backward_s`` and ``total_s`` (``trials x iterations`` values each, trial-major) and
     ``trial`` (the trial of each value), plus the ranks used.
     """
+    from lance.analysis.methods import ranks_of
     from lance.models import zoo as models
     from lance.experiments.cache import split_model
     from lance.core.calibration import calibrate
@@ -286,7 +274,7 @@ def run_latency(cfg: LatencyConfig, *, data_dir=None, weights_dir=None, log: Cal
                     r["forward_s"] += fwd
                     r["backward_s"] += bwd
                     r["total_s"] += [f + b for f, b in zip(fwd, bwd)]
-                    r["ranks"] = _ranks_of(model, layers, method, calib)
+                    r["ranks"] = ranks_of(model, layers, method, calib)
             log(f"  trial {trial + 1}/{cfg.trials} done after {time.perf_counter() - start:.0f} s")
         results = [rows[(n, m)] for n in cfg.layer_counts for m in cfg.methods]
         for n in cfg.layer_counts:
