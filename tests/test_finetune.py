@@ -44,7 +44,13 @@ def test_result_record_has_the_agreed_keys_and_measured_memory(method, tmp_path,
         assert key in on_disk["config"]
     for key in ("accuracy", "activation_mb", "activation_mb_measured", "train_tflops"):
         assert isinstance(on_disk["metrics"][key], float)
-    assert on_disk["provenance"]["commit"]
+    prov = on_disk["provenance"]
+    assert prov["commit"] and prov["command"]
+    # the inputs: the weights by sha256, the data files by md5 (the published ones for CIFAR-100)
+    from lance.experiments.provenance import file_sha256
+    assert prov["weights_sha256"] == file_sha256(lance.models.weights_file("mobilenet_v2"))
+    assert prov["data"]["train"]["md5"]["train"] == "16019d7e3df5f24257cddd939b257f8d"
+    assert os.stat(path).st_mode & 0o777 == 0o644
     m = rec["metrics"]
     assert 0 <= m["accuracy"] <= 100 and m["num_classes"] == 10 and m["train_images"] == 96
     if method in ("bp", "lance", "asi"):  # fixed shapes: analytic and measured agree to the byte

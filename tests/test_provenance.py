@@ -148,3 +148,21 @@ def test_cli_status_page(tmp_path, capsys):
     _fake_executed_notebook(tmp_path / "01_x.ipynb", duration=2.0)
     assert main(["status-page", str(tmp_path), str(tmp_path / "s.md")]) == 0
     assert "`01_x`" in (tmp_path / "s.md").read_text()
+
+
+def test_a_dirty_tree_records_its_diff_and_every_record_its_command_line(tmp_path, monkeypatch):
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    run = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True)  # noqa: E731
+    run("init", "-q")
+    (repo / "code.py").write_text("x = 1\n")
+    run("add", "code.py")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    assert prov.git_diff(repo) is None
+    (repo / "code.py").write_text("x = 2\n")
+    diff = prov.git_diff(repo)
+    assert "-x = 1" in diff["text"] and "+x = 2" in diff["text"] and not diff["truncated"]
+    monkeypatch.setattr("sys.argv", ["lance", "finetune", "--epochs", "2"])
+    assert prov.provenance()["command"].endswith("lance finetune --epochs 2")

@@ -8,6 +8,7 @@ from typing import Callable, Optional
 
 from lance.errors import LanceError
 from lance.data import cifar, cub, flowers, locate, miniimagenet, mnist, notmnist, pets, svhn
+from lance.data.checksums import md5_of
 from lance.data.imageset import ImageSet
 from lance.data.locate import PathLike, Search, Source
 
@@ -92,7 +93,21 @@ def load(name: str, split: str = "train", data_dir: Optional[PathLike] = None, *
         found = entry.find(search, split)
     if found is None:
         raise search.not_found(split)
-    return entry.read(entry.source, found, split, verify)
+    images = entry.read(entry.source, found, split, verify)
+    images.origin = origin(found)
+    return images
+
+
+def origin(found: Path, max_files: int = 16) -> dict:
+    """Where a dataset was read from, for a run's provenance: the path and the md5 of each file
+    (of a folder's top-level files when there are at most ``max_files``; md5s are remembered per
+    process, and the official files' were computed anyway to verify them)."""
+    found = Path(found)
+    files = [found] if found.is_file() else sorted(f for f in found.iterdir() if f.is_file())
+    record = {"path": str(found.resolve()), "files": len(files)}
+    if len(files) <= max_files:
+        record["md5"] = {f.name: md5_of(f) for f in files}
+    return record
 
 
 def _download(entry: _Entry, root: Optional[Path], split: str) -> None:

@@ -8,9 +8,9 @@ tensor ``(N,)`` of indices into ``classes``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -27,6 +27,8 @@ class ImageSet:
     classes: list[str]
     name: str
     split: str
+    # where the files came from and their md5 sums (set by lance.data.load, kept by subsets)
+    origin: Optional[dict] = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.images, Tensor):
@@ -54,7 +56,7 @@ class ImageSet:
         """The images at ``index`` (same classes)."""
         index = torch.as_tensor(index, dtype=torch.int64)
         images = self.images[index] if not self.lazy else [self.images[i] for i in index.tolist()]
-        return ImageSet(images, self.labels[index], list(self.classes), self.name, self.split)
+        return ImageSet(images, self.labels[index], list(self.classes), self.name, self.split, self.origin)
 
     def __repr__(self) -> str:
         kind = "files" if self.lazy else f"uint8 {tuple(self.images.shape)}"
@@ -86,4 +88,5 @@ def split_classes(imageset: ImageSet, classes: Sequence[Union[int, str]]) -> Ima
     mapped = new_label[imageset.labels]
     keep = (mapped >= 0).nonzero().flatten()
     images = imageset.images[keep] if not imageset.lazy else [imageset.images[i] for i in keep.tolist()]
-    return ImageSet(images, mapped[keep], [imageset.classes[c] for c in chosen], imageset.name, imageset.split)
+    return ImageSet(images, mapped[keep], [imageset.classes[c] for c in chosen], imageset.name, imageset.split,
+                    imageset.origin)

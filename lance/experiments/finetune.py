@@ -282,6 +282,7 @@ class _Setup:
     num_classes: int
     resolution: int
     weights: str
+    files: dict  # provenance of the inputs: the weights' sha256, the data files' md5
 
 
 def _prepare(cfg: FinetuneConfig, data_dir, weights_dir, cache_dir, progress: bool) -> _Setup:
@@ -325,7 +326,16 @@ def _prepare(cfg: FinetuneConfig, data_dir, weights_dir, cache_dir, progress: bo
         raise LanceError(f"{len(caches['train'][2])} training images are fewer than one batch of {cfg.batch_size}; "
                          "lower --batch-size or raise --train-limit.")
     return _Setup(suffix, layers, params, split.cut, caches["train"], caches["test"], num_classes,
-                  resolution, weights_source)
+                  resolution, weights_source, _input_files(cfg, weights_dir, train, test))
+
+
+def _input_files(cfg: FinetuneConfig, weights_dir, train, test) -> dict:
+    from lance.experiments.provenance import file_sha256
+    from lance.models import zoo as models
+
+    weights = models.weights_file(cfg.model, weights_dir) if cfg.pretrained == "imagenet" else Path(cfg.pretrained)
+    return {"weights_sha256": None if weights is None else file_sha256(weights),
+            "data": {"train": train.origin, "test": test.origin}}
 
 
 def _num_classes(cfg: FinetuneConfig) -> int:
@@ -493,7 +503,7 @@ def _record(cfg: FinetuneConfig, s: _Setup, run: _RunState, table, lance_layers,
             "weights": s.weights,
             "cut": s.cut,
         },
-        "provenance": {**started, "wall_time_s": run.elapsed + wall, "wall_time_this_process_s": wall,
+        "provenance": {**started, **s.files, "wall_time_s": run.elapsed + wall, "wall_time_this_process_s": wall,
                        "cpu_time_s": _cpu_total(run.cpu_elapsed, cpu_start), "commits": run.commits,
                        "finished_utc": provenance()["timestamp_utc"]},
     }

@@ -12,16 +12,18 @@ The book's "Status and reproducibility" page is :mod:`lance.book.status`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import datetime as _dt
 import importlib.metadata
-import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["git_commit", "versions", "hardware", "provenance"]
+__all__ = ["git_commit", "git_diff", "file_sha256", "versions", "hardware", "provenance"]
 
 #: Distributions reported by :func:`versions`, as ``key: distribution name``.
 PACKAGES: dict[str, str] = {
@@ -59,6 +61,32 @@ def git_commit(root: str | os.PathLike | None = None) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{commit}-dirty" if dirty else commit
+
+
+MAX_DIFF = 200_000  # characters of `git diff` kept in a record (the sha256 covers all of it)
+
+
+def git_diff(root: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The uncommitted changes to tracked files (``git diff HEAD``), so that a result computed on
+    a dirty tree says exactly which code ran; None on a clean tree or without git."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parent
+    try:
+        diff = _git(root, "diff", "HEAD", "--no-color")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not diff:
+        return None
+    return {"sha256": hashlib.sha256(diff.encode()).hexdigest(), "chars": len(diff),
+            "text": diff[:MAX_DIFF], "truncated": len(diff) > MAX_DIFF}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file (weights, checkpoints), read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def versions() -> dict[str, str | None]:
@@ -117,15 +145,19 @@ def _jsonable(config: Any) -> Any:
 def provenance(config: Any = None, seed: int | None = None, wall_time_s: float | None = None) -> dict[str, Any]:
     """One record for a result file: timestamp (UTC), git commit, versions, hardware, and the
     run's ``config`` (a dataclass is converted with :func:`dataclasses.asdict`), ``seed`` and
-    ``wall_time_s``."""
+    ``wall_time_s``; the command line that started the process, and the diff when the tree is dirty."""
     commit = git_commit()
-    return {
+    record = {
         "timestamp_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "commit": commit,
         "git_commit": commit,
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
         "versions": versions(),
         "hardware": hardware(),
         "config": _jsonable(config),
         "seed": seed,
         "wall_time_s": wall_time_s,
     }
+    if commit.endswith("-dirty"):
+        record["diff"] = git_diff()
+    return record
