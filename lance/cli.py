@@ -50,16 +50,10 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    import dataclasses
-
+    from lance.experiments.config import given_options
     from lance.experiments.finetune import PROFILES, FinetuneConfig, finetune
 
-    values = dict(PROFILES[args.profile])
-    for f in dataclasses.fields(FinetuneConfig):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            values[f.name] = v
-    cfg = FinetuneConfig(**values)
+    cfg = FinetuneConfig(**{**PROFILES[args.profile], **given_options(args, FinetuneConfig)})
     out = None if args.no_save else args.out
     record = finetune(cfg, data_dir=args.data_dir, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
                       out_dir=out, checkpoint_dir=None if args.no_save else args.checkpoint_dir, overwrite=args.force,
@@ -154,11 +148,10 @@ def _cmd_latency(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from lance.experiments.config import given_options
     from lance.experiments.pretrain import PretrainConfig, checkpoint_name, pretrain
 
-    cfg = PretrainConfig(model=args.model, dataset=args.dataset, classes=tuple(args.classes),
-                         resolution=args.resolution, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         seed=args.seed, train_limit=args.train_limit)
+    cfg = PretrainConfig(**given_options(args, PretrainConfig))
     name = checkpoint_name(cfg)
     result, weights = Path(args.results) / f"{name}.json", Path(args.out) / f"{name}.pt"
     if result.exists() and weights.exists() and not args.force:
@@ -282,6 +275,10 @@ def _run_options(p: argparse.ArgumentParser, out: str, checkpoints: str) -> None
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lance.experiments.config import add_options
+    from lance.experiments.finetune import FinetuneConfig
+    from lance.experiments.pretrain import PretrainConfig
+
     parser = argparse.ArgumentParser(prog="lance", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -319,27 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("finetune", help="fine-tune the last n layers with BP, HOSVD, ASI or LANCE")
     p.add_argument("--profile", default="paper", choices=["smoke", "book", "paper"],
                    help="defaults for the size of the run (paper: the paper's full setting)")
-    p.add_argument("--model", help="mobilenet_v2 | resnet18 | resnet34 | mcunet-in2 | mcunet-in3")
-    p.add_argument("--dataset", help="cifar100 | cifar10 | pets | flowers102 | cub200 | fashion_mnist | ...")
-    p.add_argument("--method", choices=["bp", "hosvd", "asi", "lance"])
-    p.add_argument("--layers", type=int, help="number of last conv layers to train")
-    p.add_argument("--energy", type=float)
-    p.add_argument("--hosvd-energy", dest="hosvd_energy", type=float)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--optimizer", choices=["script", "table4"])
-    p.add_argument("--calibration-batches", dest="calibration_batches", type=int)
-    p.add_argument("--no-compress-batch", dest="compress_batch", action="store_const", const=False,
-                   help="leave the batch mode uncompressed (the paper projects it too)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--skip-depthwise", dest="skip_depthwise", action="store_const", const=True,
-                   help="the authors' selection: the last n convolutions with groups == 1 (depthwise ones stay frozen)")
-    p.add_argument("--resolution", type=int)
-    p.add_argument("--classes", type=int, nargs=2, metavar=("FIRST", "END"), help="fine-tune on classes [FIRST, END)")
-    p.add_argument("--pretrained", help="'imagenet' or a state_dict file")
-    p.add_argument("--train-limit", dest="train_limit", type=int)
-    p.add_argument("--test-limit", dest="test_limit", type=int)
+    add_options(p, FinetuneConfig, metavars={"classes": ("FIRST", "END")})
     p.add_argument("--weights-dir", default=None, help="weights directory (default: $LANCE_WEIGHTS_DIR)")
     p.add_argument("--cache-dir", default=None, help="feature cache (default: $LANCE_CACHE_DIR or ~/.cache/lance)")
     _run_options(p, "data/results/finetune", "_build/checkpoints")
@@ -403,15 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_latency)
 
     p = commands.add_parser("pretrain", help="pretrain from scratch on half the classes (split-class protocol)")
-    p.add_argument("--model", default="resnet18")
-    p.add_argument("--dataset", default="cifar100")
-    p.add_argument("--classes", type=int, nargs=2, default=[0, 50], metavar=("FIRST", "END"))
-    p.add_argument("--resolution", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-limit", type=int, default=0)
+    add_options(p, PretrainConfig, metavars={"classes": ("FIRST", "END")})
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default="_build/weights", help="where the state_dict goes (never committed)")
     p.add_argument("--results", default="data/results/pretrain", help="where the result file goes")

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from lance.errors import LanceError
 
-__all__ = ["option", "validate", "positive", "non_negative", "positive_float", "finite_float", "fraction",
+__all__ = ["option", "validate", "add_options", "given_options", "positive", "non_negative", "positive_float", "finite_float", "fraction",
            "one_of", "flag", "text", "span", "help_of"]
 
 Check = Callable[[str, Any], None]
@@ -84,6 +84,7 @@ def one_of(choices: Iterable[str] | Callable[[], Iterable[str]]) -> Check:
         allowed = tuple(choices() if callable(choices) else choices)
         if value not in allowed:
             raise LanceError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, allowed))}.")
+    check.choices = choices
     return check
 
 
@@ -105,3 +106,48 @@ def span(name: str, value: Any) -> None:
     if (not isinstance(value, (tuple, list)) or len(value) != 2 or not all(_is_int(v) for v in value)
             or not 0 <= value[0] < value[1]):
         raise LanceError(f"{name} must be two whole numbers FIRST END with 0 <= FIRST < END, got {value!r}.")
+
+
+def _argument_type(hint: Any) -> tuple[Any, Optional[int]]:
+    """(argparse type, nargs) of a field's type hint."""
+    import typing
+
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Union and len(args) == 1:
+        return _argument_type(args[0])
+    if typing.get_origin(hint) is tuple:
+        return args[0], len(args)
+    return hint, None
+
+
+def add_options(parser, cls, *, exclude: Iterable[str] = (), metavars: Optional[dict] = None) -> None:
+    """One command-line option per field of the configuration class ``cls``, named after the
+    field (``batch_size`` -> ``--batch-size``), with the field's help text and default: a
+    default lives in the dataclass only. A bool field that is on by default becomes
+    ``--no-NAME``, one that is off ``--NAME``. Every option defaults to None (given_options
+    leaves it out), so that a profile or the dataclass fills in what the user did not give."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    metavars = metavars or {}
+    for f in dataclasses.fields(cls):
+        if f.name in exclude or "help" not in f.metadata:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        choices = getattr(f.metadata.get("check"), "choices", None)
+        allowed = f"; one of {', '.join(map(str, choices() if callable(choices) else choices))}" if choices else ""
+        help_text = f"{f.metadata['help']}{allowed} (default: {default!r})"
+        kind, nargs = _argument_type(hints[f.name])
+        if kind is bool:
+            flag_name = f"--no-{f.name}" if default else f"--{f.name}"
+            parser.add_argument(flag_name.replace("_", "-"), dest=f.name, action="store_const", const=not default,
+                                default=None, help=("turn off: " if default else "") + f.metadata["help"])
+            continue
+        parser.add_argument(_flag_name(f.name), dest=f.name, type=kind, nargs=nargs, default=None, help=help_text,
+                            metavar=metavars.get(f.name))
+
+
+def given_options(args, cls) -> dict:
+    """The fields of ``cls`` that the command line set."""
+    return {f.name: (tuple(v) if isinstance(v, list) else v) for f in dataclasses.fields(cls)
+            if (v := getattr(args, f.name, None)) is not None}
