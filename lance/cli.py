@@ -274,14 +274,7 @@ def _run_options(p: argparse.ArgumentParser, out: str, checkpoints: str) -> None
     p.add_argument("--no-progress", action="store_true")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from lance.experiments.config import add_options
-    from lance.experiments.finetune import FinetuneConfig
-    from lance.experiments.pretrain import PretrainConfig
-
-    parser = argparse.ArgumentParser(prog="lance", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _parser_status_page(commands) -> None:
     p = commands.add_parser(
         "status-page",
         help="write the book's 'Status and reproducibility' page from papermill-executed notebooks",
@@ -290,10 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, help="MyST markdown file to write (atomically)")
     p.set_defaults(func=_cmd_status_page)
 
+
+def _parser_glance(commands) -> None:
     p = commands.add_parser("glance", help="write the front page's 'results at a glance' table from the result files")
     p.add_argument("out", type=Path, help="MyST markdown file to write (atomically); the intro includes it")
     p.set_defaults(func=_cmd_glance)
 
+
+def _parser_benchmark(commands) -> None:
     p = commands.add_parser(
         "benchmark",
         help="time and saved bytes of one training step, BP against LANCE (ResNet18, 224 px, batch 128)",
@@ -313,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_benchmark)
 
+
+def _parser_finetune(commands) -> None:
+    from lance.experiments.config import add_options
+    from lance.experiments.finetune import FinetuneConfig
+
     p = commands.add_parser("finetune", help="fine-tune the last n layers with BP, HOSVD, ASI or LANCE")
     p.add_argument("--profile", default="paper", choices=["smoke", "book", "paper"],
                    help="defaults for the size of the run (paper: the paper's full setting)")
@@ -322,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(p, "data/results/finetune", "_build/checkpoints")
     p.set_defaults(func=_cmd_finetune)
 
+
+def _parser_sweep(commands) -> None:
     p = commands.add_parser("sweep", help="run many fine-tuning configurations, skipping finished ones")
     p.add_argument("--profile", default="paper", choices=["smoke", "book", "paper"])
     p.add_argument("--models", nargs="+", default=["mcunet-in2"])
@@ -353,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_sweep)
 
+
+def _parser_latency(commands) -> None:
     p = commands.add_parser("latency", help="forward, backward and total time of a fine-tuning step for 1..10 "
                             "trainable layers, BP / HOSVD / ASI / LANCE (the paper's Fig. 5)")
     p.add_argument("--model", help="default mcunet-in2")
@@ -379,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_latency)
 
+
+def _parser_pretrain(commands) -> None:
+    from lance.experiments.config import add_options
+    from lance.experiments.pretrain import PretrainConfig
+
     p = commands.add_parser("pretrain", help="pretrain from scratch on half the classes (split-class protocol)")
     add_options(p, PretrainConfig, metavars={"classes": ("FIRST", "END")})
     p.add_argument("--data-dir", default=None)
@@ -387,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="train again although the result and weights exist")
     p.set_defaults(func=_cmd_pretrain)
 
+
+def _parser_continual(commands) -> None:
     p = commands.add_parser("continual", help="continual learning: LANCE / GPM / fine-tuning / multitask on a "
                             "benchmark; finished results are skipped")
     p.add_argument("--benchmark", default="split_cifar100",
@@ -413,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(p, "data/results/continual", "_build/checkpoints/continual")
     p.set_defaults(func=_cmd_continual)
 
+
+def _parser_plan(commands) -> None:
     p = commands.add_parser("plan", help="the paper-scale runs the book plans: which have result files; "
                             "--run runs the missing ones")
     p.add_argument("--group", default=None, help="only groups whose name contains this (e.g. 'Table 2')")
@@ -421,6 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the result directory to match against (default: the project's data/results)")
     p.set_defaults(func=_cmd_plan)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lance", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_parser_status_page, _parser_glance, _parser_benchmark, _parser_finetune, _parser_sweep, _parser_latency, _parser_pretrain, _parser_continual, _parser_plan):
+        add(commands)
     return parser
 
 
