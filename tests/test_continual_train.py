@@ -171,7 +171,7 @@ def test_every_method_writes_a_complete_result(method, tmp_path):
     if method == "lance":
         assert m["activation_mb"] < m["bp_activation_mb"]
         assert all("ranks" in t for t in m["tasks"][1:])
-    with pytest.raises(LanceError, match="exists; not overwriting"):
+    with pytest.raises(LanceError, match="exists; pass --force"):
         continual(_config(method), benchmark=bench, out_dir=tmp_path)
 
 

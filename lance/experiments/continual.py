@@ -308,15 +308,13 @@ def continual(config: ContinualConfig, *, out_dir: Optional[os.PathLike] = None,
               benchmark: Optional[Benchmark] = None, overwrite: bool = False) -> dict:
     """Run one continual-learning experiment; returns the result record (and writes it under
     ``out_dir`` when given). ``benchmark`` may be passed already built (it must match
-    ``config.benchmark`` and the limits)."""
+    ``config.benchmark`` and the limits). ``overwrite`` replaces a result and starts afresh."""
     from lance.experiments.provenance import provenance
     from lance.experiments.results import write_result
 
     c = config.validate()
     name = cl_result_name(c)
     if out_dir is not None:  # before any data is loaded
-        if (Path(out_dir) / name).exists() and not overwrite:
-            raise LanceError(f"{Path(out_dir) / name} exists; not overwriting it (pass overwrite=True / --force).")
         check_writable(Path(out_dir) / name, overwrite=overwrite)
     start = time.time()
     started = provenance(c, seed=c.seed)  # the code that runs is the code at the start
@@ -326,32 +324,47 @@ def continual(config: ContinualConfig, *, out_dir: Optional[os.PathLike] = None,
     if benchmark.name != c.benchmark:
         raise LanceError(f"the benchmark passed is {benchmark.name!r} but the config names {c.benchmark!r}.")
     tasks = benchmark.tasks[:c.tasks] if c.tasks else benchmark.tasks
-    T = len(tasks)
     model_name = c.model or DEFAULT_MODEL[c.benchmark]
     model = build_cl_model(model_name, [t.classes for t in tasks], benchmark.input_shape,
                            shared_head=benchmark.shared_head, seed=c.seed)
     layers = model.layers() + (["heads.0"] if model.shared_head else [])
     memory = ContinualMemory(space="patch" if c.method == "gpm" else "feature") \
         if c.method in ("lance", "gpm") else None
-
-    state = {"done": 0, "matrix": [], "tasks": [], "elapsed": 0.0, "commits": []}
     ckpt = Path(checkpoint_dir) / name.replace(".json", ".pt") if checkpoint_dir is not None else None
     if ckpt is not None and overwrite:
         ckpt.unlink(missing_ok=True)  # --force: from scratch
+    state, memory = _resume(ckpt, c, model, memory, started["commit"])
+    _learn_sequence(model, tasks, layers, c, benchmark, memory, state, ckpt, progress)
+    record = _record(c, model_name, layers, tasks, benchmark, memory, state, started)
+    record["provenance"]["wall_time_this_process_s"] = time.time() - start
+    if out_dir is not None:
+        write_result(Path(out_dir) / name, record, overwrite=overwrite)
+        if ckpt is not None and ckpt.exists():
+            ckpt.unlink()
+    return record
+
+
+def _resume(ckpt, c: ContinualConfig, model: ContinualNet, memory, commit: str):
+    """The run's state (and memory) from its checkpoint, or a fresh one; ``commit`` is appended."""
+    state = {"done": 0, "matrix": [], "tasks": [], "elapsed": 0.0, "commits": []}
     saved = load_checkpoint(ckpt, dataclasses.asdict(c))
     if saved is not None:
         model.load_state_dict(saved["model"])
         if memory is not None:
             memory = ContinualMemory.from_state_dict(saved["memory"])
         state = saved["state"]
-    state.setdefault("commits", []).append(started["commit"])  # one per process that worked on the run
+    state.setdefault("commits", []).append(commit)  # one per process that worked on the run
+    return state, memory
 
+
+def _learn_sequence(model, tasks, layers, c: ContinualConfig, benchmark, memory, state: dict, ckpt, progress) -> None:
+    """Train the tasks not yet done, one after another (or all at once for multitask), growing the
+    memory after each and checkpointing the state."""
+    T = len(tasks)
     if c.method == "multitask":
         if state["done"] == 0:
             row, info = _train_multitask(model, tasks, layers, c, benchmark, progress)
-            state["matrix"] = [row]
-            state["tasks"] = [info]
-            state["done"] = T
+            state["matrix"], state["tasks"], state["done"] = [row], [info], T
             state["elapsed"] = state.get("elapsed", 0.0) + info["wall_time_s"]
     for t in range(state["done"], T):
         info = _train_task(model, t, tasks, layers, c, benchmark, memory, progress)
@@ -375,13 +388,15 @@ def continual(config: ContinualConfig, *, out_dir: Optional[os.PathLike] = None,
             print(f"task {t + 1}/{T}: accuracy on tasks so far "
                   + " ".join(f"{a:.1f}" for a in row[:t + 1]), flush=True)
 
+
+def _record(c: ContinualConfig, model_name: str, layers, tasks, benchmark, memory, state: dict, started) -> dict:
     matrix = np.array(state["matrix"])
     acc, bwt = acc_bwt(matrix)
     per_task = state["tasks"]
     # what the method keeps between tasks: the memory as it stood while the last task trained
     memory_mb = 0.0 if memory is None else memory.megabytes()
     record = {
-        "config": {**dataclasses.asdict(c), "model": model_name, "layers": layers, "num_tasks": T},
+        "config": {**dataclasses.asdict(c), "model": model_name, "layers": layers, "num_tasks": len(tasks)},
         "metrics": {
             "acc": acc,
             "bwt": bwt,
@@ -400,11 +415,6 @@ def continual(config: ContinualConfig, *, out_dir: Optional[os.PathLike] = None,
     }
     if len(set(state["commits"])) > 1:
         record["provenance"]["commit"] = record["provenance"]["git_commit"] = "+".join(dict.fromkeys(state["commits"]))
-    record["provenance"]["wall_time_this_process_s"] = time.time() - start
-    if out_dir is not None:
-        write_result(Path(out_dir) / name, record, overwrite=overwrite)
-        if ckpt is not None and ckpt.exists():
-            ckpt.unlink()
     return record
 
 
