@@ -206,6 +206,60 @@ def _time_trial(model: nn.Module, steps: list, lr: float) -> tuple[list, list]:
     return forward, backward
 
 
+def _settings(net: nn.Module, head: str, batches, cfg: LatencyConfig, setup: dict) -> dict:
+    """Per layer count: (layers, trainable part, calibration, timed steps). The frozen prefix runs
+    once per cut; calibration times go into ``setup``."""
+    from lance.core.calibration import calibrate
+    from lance.core.selection import set_trainable, trainable_layers
+    from lance.experiments.cache import split_model
+
+    features: dict[str, list[Tensor]] = {}  # prefix outputs, once per cut
+    settings = {}
+    for n in cfg.layer_counts:
+        layers = trainable_layers(net, n)
+        split = split_model(net, layers[0])
+        if split.cut not in features:
+            features[split.cut] = [split.prefix(x) for x, _ in batches]
+        feats, labels = features[split.cut], [y for _, y in batches]
+        base = split.suffix.eval()
+        params = set_trainable(base, layers + [head])
+        calib = None
+        if any(m != "bp" for m in cfg.methods):
+            t0 = time.perf_counter()
+            calib = calibrate(base, feats[:cfg.calibration_batches], layers, energy=cfg.energy,
+                              num_batches=cfg.calibration_batches)
+            setup["calibration_s"][str(n)] = time.perf_counter() - t0
+        setup["cuts"][str(n)] = split.cut
+        setup["trainable_parameters"][str(n)] = sum(p.numel() for p in params)
+        steps = list(zip(feats[cfg.calibration_batches:], labels[cfg.calibration_batches:]))
+        settings[n] = (layers, base, calib, steps)
+    return settings
+
+
+def _trials(settings: dict, cfg: LatencyConfig, start: float, log) -> dict:
+    """Every trial sweeps all settings (in alternating order, the methods rotated), so that slow
+    spells of the machine spread over all of them."""
+    from lance.analysis.methods import ranks_of
+
+    rows = {(n, m): {"layers": n, "method": m, "trial": [], "forward_s": [], "backward_s": [], "total_s": [],
+                     "ranks": {}} for n in cfg.layer_counts for m in cfg.methods}
+    for trial in range(cfg.trials):
+        k = trial % len(cfg.methods)
+        for n in (cfg.layer_counts if trial % 2 == 0 else cfg.layer_counts[::-1]):
+            layers, base, calib, steps = settings[n]
+            for method in cfg.methods[k:] + cfg.methods[:k]:
+                model = _prepare(base, method, calib, cfg)
+                fwd, bwd = _time_trial(model, steps, cfg.lr)
+                r = rows[(n, method)]
+                r["trial"] += [trial] * len(fwd)
+                r["forward_s"] += fwd
+                r["backward_s"] += bwd
+                r["total_s"] += [f + b for f, b in zip(fwd, bwd)]
+                r["ranks"] = ranks_of(model, layers, method, calib)
+        log(f"  trial {trial + 1}/{cfg.trials} done after {time.perf_counter() - start:.0f} s")
+    return rows
+
+
 def run_latency(cfg: LatencyConfig, *, data_dir=None, weights_dir=None, log: Callable = print) -> dict:
     """Run the latency experiment; returns ``{"config", "setup", "results", "provenance"}``.
 
@@ -213,12 +267,9 @@ def run_latency(cfg: LatencyConfig, *, data_dir=None, weights_dir=None, log: Cal
     ``backward_s`` and ``total_s`` (``trials x iterations`` values each, trial-major) and
     ``trial`` (the trial of each value), plus the ranks used.
     """
-    from lance.analysis.methods import ranks_of
-    from lance.models import zoo as models
-    from lance.experiments.cache import split_model
-    from lance.core.calibration import calibrate
+    from lance.core.selection import trainable_layers
     from lance.experiments.provenance import provenance
-    from lance.core.selection import set_trainable, trainable_layers
+    from lance.models import zoo as models
 
     start = time.perf_counter()
     started = provenance(config=asdict(cfg), seed=cfg.seed)
@@ -238,44 +289,10 @@ def run_latency(cfg: LatencyConfig, *, data_dir=None, weights_dir=None, log: Cal
         batches, data_note = _input_batches(cfg, resolution, n_batches, data_dir)
         log(f"{cfg.model} at {resolution} px, batch {cfg.batch_size}, {torch.get_num_threads()} threads; "
             f"inputs: {data_note}")
-        features: dict[str, list[Tensor]] = {}  # prefix outputs, once per cut
         setup = {"data": data_note, "weights": weights, "resolution": resolution,
                  "threads": torch.get_num_threads(), "cuts": {}, "trainable_parameters": {}, "calibration_s": {}}
-        settings = {}  # per layer count: (layers, trainable part, calibration, steps)
-        for n in cfg.layer_counts:
-            layers = trainable_layers(net, n)
-            split = split_model(net, layers[0])
-            if split.cut not in features:
-                features[split.cut] = [split.prefix(x) for x, _ in batches]
-            feats, labels = features[split.cut], [y for _, y in batches]
-            base = split.suffix.eval()
-            params = set_trainable(base, layers + [head])
-            calib = None
-            if any(m != "bp" for m in cfg.methods):
-                t0 = time.perf_counter()
-                calib = calibrate(base, feats[:cfg.calibration_batches], layers, energy=cfg.energy,
-                                  num_batches=cfg.calibration_batches)
-                setup["calibration_s"][str(n)] = time.perf_counter() - t0
-            setup["cuts"][str(n)] = split.cut
-            setup["trainable_parameters"][str(n)] = sum(p.numel() for p in params)
-            steps = list(zip(feats[cfg.calibration_batches:], labels[cfg.calibration_batches:]))
-            settings[n] = (layers, base, calib, steps)
-        rows = {(n, m): {"layers": n, "method": m, "trial": [], "forward_s": [], "backward_s": [], "total_s": [],
-                         "ranks": {}} for n in cfg.layer_counts for m in cfg.methods}
-        for trial in range(cfg.trials):  # every trial sweeps all settings: slow spells spread over all of them
-            k = trial % len(cfg.methods)
-            for n in (cfg.layer_counts if trial % 2 == 0 else cfg.layer_counts[::-1]):
-                layers, base, calib, steps = settings[n]
-                for method in cfg.methods[k:] + cfg.methods[:k]:
-                    model = _prepare(base, method, calib, cfg)
-                    fwd, bwd = _time_trial(model, steps, cfg.lr)
-                    r = rows[(n, method)]
-                    r["trial"] += [trial] * len(fwd)
-                    r["forward_s"] += fwd
-                    r["backward_s"] += bwd
-                    r["total_s"] += [f + b for f, b in zip(fwd, bwd)]
-                    r["ranks"] = ranks_of(model, layers, method, calib)
-            log(f"  trial {trial + 1}/{cfg.trials} done after {time.perf_counter() - start:.0f} s")
+        settings = _settings(net, head, batches, cfg, setup)
+        rows = _trials(settings, cfg, start, log)
         results = [rows[(n, m)] for n in cfg.layer_counts for m in cfg.methods]
         for n in cfg.layer_counts:
             log(f"  {n:2d} layers: " + ", ".join(

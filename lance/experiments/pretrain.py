@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from lance.errors import LanceError
+from lance.errors import DivergedError, LanceError
 from lance.experiments.checkpoints import load_checkpoint, save_checkpoint, save_weights
 from lance.experiments.config import (finite_float, non_negative, one_of, option, positive, positive_float, span,
                                      validate)
@@ -91,6 +91,30 @@ def _batches(images: torch.Tensor, labels: torch.Tensor, cfg: PretrainConfig, ep
         yield normalize(x), labels[idx]
 
 
+def _epoch(model, opt, sched, train, test, cfg: PretrainConfig, epoch: int) -> dict:
+    """One epoch of training, then the test accuracy; a NaN loss stops the run."""
+    t0 = time.perf_counter()
+    model.train()
+    losses = []
+    for step, (x, y) in enumerate(_batches(train.images, train.labels, cfg, epoch, train=True)):
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        if not torch.isfinite(loss):
+            raise DivergedError(f"the pretraining loss became {float(loss.detach())} at epoch {epoch + 1}, step "
+                                f"{step + 1} (lr {cfg.lr:g}); no weights were written. Lower --lr.")
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y in _batches(test.images, test.labels, cfg, epoch, train=False):
+            correct += int((model(x).argmax(1) == y).sum())
+    return {"epoch": epoch + 1, "train_loss": sum(losses) / len(losses),
+            "test_acc": 100.0 * correct / len(test.labels), "seconds": time.perf_counter() - t0}
+
+
 def pretrain(cfg: PretrainConfig, *, data_dir=None, out_dir: str | os.PathLike = "_build/weights",
              results_dir: Optional[str | os.PathLike] = "data/results/pretrain", progress: bool = True,
              log=print) -> dict:
@@ -129,23 +153,7 @@ def pretrain(cfg: PretrainConfig, *, data_dir=None, out_dir: str | os.PathLike =
         history, first, before = state["history"], state["epoch"], state.get("elapsed", 0.0)
         log(f"resumed {ckpt.name} after epoch {first}")
     for epoch in range(first, cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        losses = []
-        for x, y in _batches(train.images, train.labels, cfg, epoch, train=True):
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-        model.eval()
-        correct = 0
-        with torch.no_grad():
-            for x, y in _batches(test.images, test.labels, cfg, epoch, train=False):
-                correct += int((model(x).argmax(1) == y).sum())
-        history.append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses),
-                        "test_acc": 100.0 * correct / len(test.labels), "seconds": time.perf_counter() - t0})
+        history.append(_epoch(model, opt, sched, train, test, cfg, epoch))
         if progress:
             log(f"epoch {epoch + 1}/{cfg.epochs}: loss {history[-1]['train_loss']:.3f}, "
                 f"test {history[-1]['test_acc']:.2f} % ({history[-1]['seconds']:.0f} s)")
