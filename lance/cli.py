@@ -37,7 +37,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
                           energy=args.energy, layer_counts=tuple(args.layers),
                           calibration_batches=args.calibration_batches, repeats=args.repeats,
                           seed=args.seed, weights_dir=args.weights_dir, threads=args.threads)
-    out = run_benchmark(cfg)
+    out = run_benchmark(cfg, device=args.device)
     print()
     print(format_report(out))
     if args.out:
@@ -57,7 +57,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     out = None if args.no_save else args.out
     record = finetune(cfg, data_dir=args.data_dir, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
                       out_dir=out, checkpoint_dir=None if args.no_save else args.checkpoint_dir, overwrite=args.force,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, device=args.device)
     m = record["metrics"]
     print(f"{cfg.model} {cfg.dataset} {cfg.method} L{cfg.layers}: accuracy {m['accuracy']:.2f} %, "
           f"activation {m['activation_mb']:.3f} MiB (measured {m['activation_mb_measured']:.3f}), "
@@ -74,6 +74,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from lance.errors import LanceError
     from lance.experiments.finetune import finetune, result_name
 
+    from lance.experiments.device import resolve_device
+
+    resolve_device(args.device)  # a missing GPU: one line now, not after the first run
     grid = itertools.product(args.models, args.layers, args.batch_sizes, args.energies, args.calibration_batches,
                              args.seeds, args.lrs or [None], args.methods)
     configs = [_sweep_config(args, *point) for point in grid]  # every point is checked before any run starts
@@ -90,7 +93,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(f"running: {name}", flush=True)
         try:
             finetune(cfg, data_dir=args.data_dir, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
-                     out_dir=args.out, checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress)
+                     out_dir=args.out, checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress,
+                     device=args.device)
         except LanceError as err:  # bad input or a diverged run: one line, and on with the other runs
             failures += 1
             print(f"error: {name}: {err}", file=sys.stderr, flush=True)
@@ -138,7 +142,8 @@ def _cmd_latency(args: argparse.Namespace) -> int:
         return 1
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(LatencyConfig)
               if getattr(args, f.name, None) is not None}
-    record = run_latency(LatencyConfig(**values), data_dir=args.data_dir, weights_dir=args.weights_dir)
+    record = run_latency(LatencyConfig(**values), data_dir=args.data_dir, weights_dir=args.weights_dir,
+                         device=args.device)
     print()
     print(format_latency(record))
     if args.out:
@@ -263,6 +268,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _device_option(p: argparse.ArgumentParser) -> None:
+    from lance.experiments.device import DEVICE_HELP
+
+    p.add_argument("--device", default="cpu", help=f"where the run computes: {DEVICE_HELP} (default: cpu)")
+
+
 def _run_options(p: argparse.ArgumentParser, out: str, checkpoints: str) -> None:
     """The options every training command shares: data, result and checkpoint directories, and
     whether to save, overwrite and show progress."""
@@ -308,6 +319,7 @@ def _parser_benchmark(commands) -> None:
                    "(default: $LANCE_WEIGHTS_DIR)")
     p.add_argument("--out", type=Path, default=None, help="also write the figures and provenance as JSON")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    _device_option(p)
     p.set_defaults(func=_cmd_benchmark)
 
 
@@ -319,6 +331,7 @@ def _parser_finetune(commands) -> None:
     p.add_argument("--profile", default="paper", choices=["smoke", "book", "paper"],
                    help="defaults for the size of the run (paper: the paper's full setting)")
     add_options(p, FinetuneConfig, metavars={"classes": ("FIRST", "END")})
+    _device_option(p)
     p.add_argument("--weights-dir", default=None, help="weights directory (default: $LANCE_WEIGHTS_DIR)")
     p.add_argument("--cache-dir", default=None, help="feature cache (default: $LANCE_CACHE_DIR or ~/.cache/lance)")
     _run_options(p, "data/results/finetune", "_build/checkpoints")
@@ -355,6 +368,7 @@ def _parser_sweep(commands) -> None:
     p.add_argument("--out", type=Path, default=Path("data/results/finetune"))
     p.add_argument("--checkpoint-dir", type=Path, default=Path("_build/checkpoints"))
     p.add_argument("--no-progress", action="store_true")
+    _device_option(p)
     p.set_defaults(func=_cmd_sweep)
 
 
@@ -383,6 +397,7 @@ def _parser_latency(commands) -> None:
     p.add_argument("--weights-dir", default=None, help="weights directory (default: $LANCE_WEIGHTS_DIR)")
     p.add_argument("--out", type=Path, default=None, help="write the record as a JSON result file (atomically)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    _device_option(p)
     p.set_defaults(func=_cmd_latency)
 
 

@@ -78,6 +78,7 @@ FINETUNE = [
     (["--pretrained", "LIST"], "is not a state_dict"),
     (["--pretrained", "PLANTED"], "not a plain tensor file"),
     (["--out", "BLOCKER"], "cannot write to"),
+    (["--device", "tpu"], "unknown device"),
 ]
 SWEEP = [
     (["--epochs", "-3"], "epochs must be a positive"),
@@ -88,6 +89,7 @@ SWEEP = [
     (["--energies", "0.7", "1.2"], r"energy must be in \(0, 1\]"),
     (["--batch-sizes", "0"], "batch_size must be a positive"),
     (["--resolution", "-2"], "resolution must be a whole number >= 0"),
+    (["--device", "gpu0"], "unknown device"),
 ]
 PRETRAIN = [
     (["--epochs", "0"], "epochs must be a positive"),
@@ -115,10 +117,15 @@ LATENCY = [
     (["--batch-size", "0"], "batch_size must be an integer >= 1"),
     (["--model", "nope"], "unknown model"),
     (["--energy", "1.5"], r"\(0, 1\]"),
+    (["--device", "cuda:x"], "unknown device"),
+]
+BENCHMARK = [
+    (["--device", "npu"], "unknown device"),
+    (["--model", "nope"], "unknown model"),
 ]
 CASES = ([("finetune", a, m) for a, m in FINETUNE] + [("sweep", a, m) for a, m in SWEEP]
          + [("pretrain", a, m) for a, m in PRETRAIN] + [("continual", a, m) for a, m in CONTINUAL]
-         + [("latency", a, m) for a, m in LATENCY])
+         + [("latency", a, m) for a, m in LATENCY] + [("benchmark", a, m) for a, m in BENCHMARK])
 
 
 @pytest.mark.parametrize("command,argv,message", CASES,
@@ -137,8 +144,8 @@ def test_bad_input_gets_one_line_and_status_2(command, argv, message, tmp_path, 
         full += ["--checkpoint-dir", str(tmp_path / "ckpt")]
     if command == "pretrain":
         full += ["--results", str(tmp_path / "records")]
-    if command == "latency":
-        full += ["--out", str(out / "latency.json")]
+    if command in ("latency", "benchmark"):
+        full += ["--out", str(out / f"{command}.json")]
     assert main(full) == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1, err

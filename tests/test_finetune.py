@@ -45,7 +45,8 @@ def test_result_record_has_the_agreed_keys_and_measured_memory(method, tmp_path,
     for key in ("accuracy", "activation_mb", "activation_mb_measured", "train_tflops"):
         assert isinstance(on_disk["metrics"][key], float)
     prov = on_disk["provenance"]
-    assert prov["commit"] and prov["command"]
+    assert prov["commit"] and prov["command"] and prov["device"] == "cpu"
+    assert on_disk["metrics"]["cuda_max_memory_allocated_mb"] is None  # measured on a GPU only
     # the inputs: the weights by sha256, the data files by md5 (the published ones for CIFAR-100)
     from lance.experiments.provenance import file_sha256
     assert prov["weights_sha256"] == file_sha256(lance.models.weights_file("mobilenet_v2"))

@@ -297,7 +297,7 @@ def smoothness_estimate(loss_fn: LossFn, params: Sequence[Tensor], iterations: i
     params = list(params)
     if start is None:
         g = torch.Generator().manual_seed(seed)
-        v = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
+        v = [torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device) for p in params]  # the same on every device
     else:
         v = [t.detach().clone() for t in start]
     norm = math.sqrt(sum(float(t.pow(2).sum()) for t in v))

@@ -141,7 +141,7 @@ def energy_rank(eigenvalues: Tensor, energy: float) -> int:
     if total <= 0:
         return 1
     share = torch.cumsum(values, 0) / total
-    k = int(torch.searchsorted(share, torch.tensor([energy], dtype=share.dtype)).item()) + 1
+    k = int(torch.searchsorted(share, torch.tensor([energy], dtype=share.dtype, device=share.device)).item()) + 1
     return min(max(k, 1), n)
 
 

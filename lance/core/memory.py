@@ -72,10 +72,10 @@ def gpm_threshold(task: int, base: float = 0.97, step: float = 0.003) -> float:
     return min(1.0, base + step * task)
 
 
-def _complement(memory: Optional[Tensor], n: int, dtype) -> Tensor:
+def _complement(memory: Optional[Tensor], n: int, dtype, device=None) -> Tensor:
     """An orthonormal basis (n x (n - k)) of the orthogonal complement of ``memory`` (n x k)."""
     if memory is None or memory.shape[1] == 0:
-        return torch.eye(n, dtype=dtype)
+        return torch.eye(n, dtype=dtype, device=device)
     q, _ = torch.linalg.qr(memory.to(dtype), mode="complete")
     return q[:, memory.shape[1]:]
 
@@ -138,7 +138,7 @@ class ContinualMemory:
             m = self.bases.get(name)
             n = r.shape[0]
             kept = 0.0 if m is None else float(torch.trace(m.t().double() @ r @ m.double()))
-            q = _complement(m, n, torch.float64)
+            q = _complement(m, n, torch.float64, r.device)
             vectors, values = basis_from_gram(q.t() @ r @ q)
             added = 0
             captured = kept
@@ -193,11 +193,11 @@ def calibrate_in_null_space(model: nn.Module, batches, layers: Sequence[str], me
             raise LanceError(f"the memory of layer {name!r} fills its whole input space ({mode.size} directions): "
                              "no room is left for a new task. Lower the memory threshold.")
         r = mode.basis @ torch.diag(mode.eigenvalues) @ mode.basis.t()
-        q = _complement(m, mode.size, torch.float64)
+        q = _complement(m, mode.size, torch.float64, r.device)
         vectors, values = basis_from_gram(q.t() @ r @ q)
         free = q @ vectors  # n x (n - k), orthogonal to M, by falling restricted energy
         basis = torch.cat([free, m.to(torch.float64)], 1)  # the stored directions last, with zero energy
-        eigen = torch.cat([values, torch.zeros(m.shape[1], dtype=values.dtype)])
+        eigen = torch.cat([values, torch.zeros(m.shape[1], dtype=values.dtype, device=values.device)])
         limit = free.shape[1]
         rank = min(energy_rank(values, energy), limit)
         lc.modes[fm] = ModeBasis(mode.name, mode.size, rank, basis, eigen, limit=limit)

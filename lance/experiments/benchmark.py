@@ -23,24 +23,42 @@ from torch import nn
 from lance.analysis.accounting import MIB, activation_memory, measured_bytes, saved_tensors
 from lance.core.calibration import calibrate
 from lance.analysis.methods import apply_method, ranks_of
+from lance.errors import LanceError
+from lance.experiments.config import fraction, non_negative, one_of, option, positive, validate
+from lance.experiments.device import synchronize
 from lance.experiments.cache import split_model
 from lance.core.selection import head_name, set_trainable, trainable_layers
 
 __all__ = ["BenchmarkConfig", "run_benchmark", "format_report"]
 
 
+def _model_names():
+    from lance.models.zoo import MODEL_NAMES
+    return MODEL_NAMES
+
+
+def _counts(name: str, value) -> None:
+    if not value:
+        raise LanceError(f"{name} needs at least one number of layers.")
+    for v in value:
+        positive(name, v)
+
+
 @dataclass
 class BenchmarkConfig:
-    model: str = "resnet18"
-    resolution: int = 0  # 0: the model's native resolution
-    batch_size: int = 128
-    energy: float = 0.7
-    layer_counts: tuple[int, ...] = (2, 4)
-    calibration_batches: int = 4
-    repeats: int = 5
-    seed: int = 0
+    model: str = option("resnet18", "network", one_of(_model_names))
+    resolution: int = option(0, "input size in px (0: the model's native resolution)", non_negative)
+    batch_size: int = option(128, "batch size", positive)
+    energy: float = option(0.7, "LANCE's energy threshold", fraction)
+    layer_counts: tuple[int, ...] = option((2, 4), "numbers of last conv layers to train", _counts)
+    calibration_batches: int = option(4, "Phase I batches", positive)
+    repeats: int = option(5, "timed steps per method and setting", positive)
+    seed: int = option(0, "seed", non_negative)
     weights_dir: Optional[str] = None
     threads: Optional[int] = None
+
+    def __post_init__(self):
+        validate(self)
 
 
 @dataclass
@@ -66,21 +84,27 @@ def _time_steps(models: dict, x: torch.Tensor, target: torch.Tensor, repeats: in
         for method, model in models.items():
             for p in model.parameters():
                 p.grad = None
+            synchronize(x.device)
             t0 = time.perf_counter()
             loss = nn.functional.cross_entropy(model(x), target)
+            synchronize(x.device)
             t1 = time.perf_counter()
             loss.backward()
+            synchronize(x.device)
             t2 = time.perf_counter()
             if i:
                 results[method].forward_s.append(t1 - t0)
                 results[method].backward_s.append(t2 - t1)
 
 
-def run_benchmark(cfg: BenchmarkConfig, log=print) -> dict:
+def run_benchmark(cfg: BenchmarkConfig, log=print, device: str = "cpu") -> dict:
     """Run the benchmark; returns a dict with the config, per-setting results and provenance."""
     from lance import data
     from lance.models import zoo as models
+    from lance.experiments.device import device_name, resolve_device
     from lance.experiments.provenance import provenance
+
+    dev = resolve_device(device)
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -90,16 +114,16 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> dict:
     net = models.build(cfg.model, num_classes=100, pretrained=weights is not None, weights_dir=cfg.weights_dir)
     weights_note = str(weights) if weights else "none found: random initialisation (set LANCE_WEIGHTS_DIR)"
     log(f"model {cfg.model}, ImageNet weights: {weights_note}")
-    net.eval()  # frozen BatchNorm, as in the paper's fine-tuning
+    net.eval().to(dev)  # frozen BatchNorm, as in the paper's fine-tuning
     resolution = cfg.resolution or models.resolution(cfg.model)
     images, _ = data.sample_images(resolution)
     # the frozen part before the deepest setting runs once; what is timed is the rest
     split = split_model(net, trainable_layers(net, max(cfg.layer_counts))[0])
     log(f"frozen part (up to {split.cut}) for {cfg.calibration_batches + 1} batches of {cfg.batch_size} real images ...")
-    batches = [split.prefix(b) for b in data.augmented_batches(images, cfg.batch_size, cfg.calibration_batches + 1,
+    batches = [split.prefix(b.to(dev)) for b in data.augmented_batches(images, cfg.batch_size, cfg.calibration_batches + 1,
                                                                 seed=cfg.seed)]
     x, calib_inputs = batches[0], batches[1:]
-    target = torch.randint(0, 100, (cfg.batch_size,), generator=torch.Generator().manual_seed(cfg.seed))
+    target = torch.randint(0, 100, (cfg.batch_size,), generator=torch.Generator().manual_seed(cfg.seed)).to(dev)
     in_size = tuple(x.shape[1:])
     results: list[StepResult] = []
     for n in cfg.layer_counts:
@@ -127,7 +151,7 @@ def run_benchmark(cfg: BenchmarkConfig, log=print) -> dict:
     return {
         "config": {**asdict(cfg), "weights": weights_note},
         "results": [{**asdict(r), "step_s": r.step_s} for r in results],
-        "provenance": provenance(config=asdict(cfg), seed=cfg.seed, wall_time_s=wall),
+        "provenance": {**provenance(config=asdict(cfg), seed=cfg.seed, wall_time_s=wall), "device": device_name(dev)},
     }
 
 

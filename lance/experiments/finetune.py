@@ -31,6 +31,7 @@ from lance.experiments.cache import FeatureCache, split_model
 from lance.core.calibration import calibrate
 from lance.errors import DivergedError, LanceError
 from lance.experiments.checkpoints import load_checkpoint, safe_load, save_checkpoint
+from lance.experiments.device import device_name, resolve_device
 from lance.experiments.config import (finite_float, flag, fraction, non_negative, one_of, option, positive, span,
                                      validate)
 from lance.analysis.fidelity import gradient_angle
@@ -251,12 +252,14 @@ def _cpu_total(before: Optional[float], start: float) -> Optional[float]:
     return None if before is None else before + time.process_time() - start
 
 
-def _evaluate(model: nn.Module, cache: FeatureCache, feats, labels: torch.Tensor, batch_size: int) -> float:
+def _evaluate(model: nn.Module, cache: FeatureCache, feats, labels: torch.Tensor, batch_size: int,
+              device: torch.device = torch.device("cpu")) -> float:
     correct = 0
     with torch.no_grad():
         for start in range(0, len(labels), batch_size):
             idx = range(start, min(start + batch_size, len(labels)))
-            correct += int((model(cache.batch(feats, idx)).argmax(1) == labels[list(idx)]).sum())
+            out = model(cache.batch(feats, idx).to(device))
+            correct += int((out.argmax(1).cpu() == labels[list(idx)]).sum())
     return 100.0 * correct / len(labels)
 
 
@@ -283,9 +286,12 @@ class _Setup:
     resolution: int
     weights: str
     files: dict  # provenance of the inputs: the weights' sha256, the data files' md5
+    device: torch.device = torch.device("cpu")
+    cuda_peak: Optional[float] = None  # MiB, torch.cuda.max_memory_allocated over one step (GPU only)
 
 
-def _prepare(cfg: FinetuneConfig, data_dir, weights_dir, cache_dir, progress: bool) -> _Setup:
+def _prepare(cfg: FinetuneConfig, data_dir, weights_dir, cache_dir, progress: bool,
+             device: torch.device = torch.device("cpu")) -> _Setup:
     """Data, model, split and feature cache."""
     from lance import data
     from lance.models import zoo as models
@@ -293,7 +299,7 @@ def _prepare(cfg: FinetuneConfig, data_dir, weights_dir, cache_dir, progress: bo
     # the model first: a weights file of another model is refused before seconds of data loading
     num_classes = _num_classes(cfg)
     model, weights_source = _build_model(cfg, num_classes, weights_dir)
-    model.eval()  # frozen BatchNorm and Dropout, as in the paper
+    model.eval().to(device)  # frozen BatchNorm and Dropout, as in the paper
     layers = trainable_layers(model, cfg.layers, skip_depthwise=cfg.skip_depthwise)
     train, test = data.load(cfg.dataset, "train", data_dir), data.load(cfg.dataset, "test", data_dir)
     if cfg.classes:
@@ -319,14 +325,23 @@ def _prepare(cfg: FinetuneConfig, data_dir, weights_dir, cache_dir, progress: bo
                "limit": limit, "cut": split.cut,
                # the seed picks the subset only when there is a limit: every seed of a full run shares one cache
                "seed_subset": cfg.seed if limit else None}
+        if device.type != "cpu":  # features computed elsewhere differ in the last bits: their own cache
+            key["device"] = device.type
         cache = FeatureCache(cache_root, key, len(subset.labels), flips)
-        cache.build(image_fn(subset, resolution), split.prefix, progress=progress)
+        cache.build(image_fn(subset, resolution), _on(split.prefix, device), progress=progress)
         caches[name] = (cache, cache.load(), subset.labels)
     if len(caches["train"][2]) < cfg.batch_size:
         raise LanceError(f"{len(caches['train'][2])} training images are fewer than one batch of {cfg.batch_size}; "
                          "lower --batch-size or raise --train-limit.")
     return _Setup(suffix, layers, params, split.cut, caches["train"], caches["test"], num_classes,
-                  resolution, weights_source, _input_files(cfg, weights_dir, train, test))
+                  resolution, weights_source, _input_files(cfg, weights_dir, train, test), device)
+
+
+def _on(prefix, device: torch.device):
+    """The frozen prefix run on ``device``, its output back on the CPU (the cache is a file)."""
+    if device.type == "cpu":
+        return prefix
+    return lambda x: prefix(x.to(device)).cpu()
 
 
 def _input_files(cfg: FinetuneConfig, weights_dir, train, test) -> dict:
@@ -359,7 +374,7 @@ def _phase_one(cfg: FinetuneConfig, s: _Setup):
     tc, tfeats, tlabels = s.train
     n_cal = cfg.calibration_batches if cfg.method in ("lance", "asi") else 1
     plan = _epoch_plan(len(tlabels), cfg.batch_size, cfg.seed, epoch=-1)
-    batches = [tc.batch(tfeats, idx, fl) for idx, fl in plan[:n_cal]]
+    batches = [tc.batch(tfeats, idx, fl).to(s.device) for idx, fl in plan[:n_cal]]
     calib = calibrate(s.suffix, batches, s.layers, energy=cfg.energy, num_batches=len(batches),
                       compress_batch=cfg.compress_batch)
     apply_method(s.suffix, cfg.method, calib, hosvd_energy=cfg.hosvd_energy, compress_batch=cfg.compress_batch)
@@ -409,6 +424,18 @@ def _resume(ckpt_path, cfg: FinetuneConfig, s: _Setup, opt, sched, run: _RunStat
     log(f"resumed {Path(ckpt_path).name} after epoch {run.epoch}")
 
 
+def _cuda_step_peak(s: _Setup, x: torch.Tensor, y: torch.Tensor) -> Optional[float]:
+    """On a GPU, ``torch.cuda.max_memory_allocated`` (MiB) over one forward and backward of the
+    trainable part (its gradients are dropped before the real step); None elsewhere."""
+    if s.device.type != "cuda":
+        return None
+    torch.cuda.synchronize(s.device)
+    torch.cuda.reset_peak_memory_stats(s.device)
+    F.cross_entropy(s.suffix(x), y).backward()
+    torch.cuda.synchronize(s.device)
+    return torch.cuda.max_memory_allocated(s.device) / MIB
+
+
 def _check_finite(loss: torch.Tensor, grad_norm: torch.Tensor, epoch: int, step: int, cfg: FinetuneConfig) -> None:
     if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
         what = "loss" if not torch.isfinite(loss) else "gradient norm"
@@ -426,10 +453,11 @@ def _train_epoch(cfg: FinetuneConfig, s: _Setup, opt, sched, epoch: int, bar=Non
     t0, c0 = time.perf_counter(), time.process_time()
     losses, correct, seen, angles, measured = [], 0, 0, {}, None
     for step, (idx, fl) in enumerate(_epoch_plan(len(tlabels), cfg.batch_size, cfg.seed, epoch)):
-        x, y = tc.batch(tfeats, idx, fl), tlabels[idx]
+        x, y = tc.batch(tfeats, idx, fl).to(s.device, non_blocking=True), tlabels[idx].to(s.device)
         if step == 0:
             if measure:
                 measured = sum(measured_bytes(saved_tensors(s.suffix, x), s.layers).values())
+                s.cuda_peak = _cuda_step_peak(s, x, y)
             if cfg.method != "bp":  # the exact gradient of this batch, for the angle
                 with exact_backward():
                     exact = torch.autograd.grad(F.cross_entropy(s.suffix(x), y),
@@ -453,7 +481,7 @@ def _train_epoch(cfg: FinetuneConfig, s: _Setup, opt, sched, epoch: int, bar=Non
             bar.update(1)
     vc, vfeats, vlabels = s.test
     entry = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "train_acc": 100.0 * correct / seen,
-             "test_acc": _evaluate(s.suffix, vc, vfeats, vlabels, 256), "angle_deg": angles,
+             "test_acc": _evaluate(s.suffix, vc, vfeats, vlabels, 256, s.device), "angle_deg": angles,
              "weight_norm": _weight_norms(s.suffix, s.layers), "seconds": time.perf_counter() - t0,
              "cpu_seconds": time.process_time() - c0}
     return entry, measured
@@ -488,6 +516,7 @@ def _record(cfg: FinetuneConfig, s: _Setup, run: _RunState, table, lance_layers,
             "accuracy": run.history[-1]["test_acc"],
             "activation_mb": analytic / MIB,
             "activation_mb_measured": measured / MIB,
+            "cuda_max_memory_allocated_mb": s.cuda_peak,
             "bp_activation_mb": float(table.bp_bytes.sum()) / MIB,
             "train_tflops": per_iteration / 1e12,
             "train_tflops_total": per_iteration * steps_per_epoch * cfg.epochs / 1e12,
@@ -513,19 +542,24 @@ def _record(cfg: FinetuneConfig, s: _Setup, run: _RunState, table, lance_layers,
 
 
 def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=None, out_dir=None,
-             checkpoint_dir=None, progress: bool = True, overwrite: bool = False, log=print) -> dict:
+             checkpoint_dir=None, progress: bool = True, overwrite: bool = False, log=print,
+             device: str = "cpu") -> dict:
     """Run one fine-tuning experiment; see the module docstring. Returns the result record.
 
     With ``out_dir`` the record is written there as JSON (atomically, never over another file
     unless ``overwrite``). With ``checkpoint_dir`` a checkpoint is written after every epoch and
     an interrupted run resumes from it; ``overwrite`` starts from scratch instead. A loss or
-    gradient that becomes NaN or infinite stops the run with :class:`DivergedError`.
+    gradient that becomes NaN or infinite stops the run with :class:`DivergedError`. ``device``
+    (``auto``, ``cpu``, ``cuda``, ``cuda:N``) is where everything runs: the feature cache's
+    prefix, calibration, the compressed layers, the baselines and evaluation.
     """
     from lance.experiments.provenance import provenance
     from lance.experiments.results import check_writable, write_result
 
+    dev = resolve_device(device)  # a missing GPU is refused before anything else
     start_time = time.perf_counter()
     started = provenance(config=dataclasses.asdict(cfg), seed=cfg.seed)  # the code that runs is today's
+    started["device"] = device_name(dev)
     out_path = Path(out_dir) / result_name(cfg) if out_dir else None
     if out_path is not None:  # before any data is loaded
         check_writable(out_path, overwrite=overwrite)
@@ -535,7 +569,7 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
         if overwrite:
             ckpt_path.unlink(missing_ok=True)
     torch.manual_seed(cfg.seed)
-    s = _prepare(cfg, data_dir, weights_dir, cache_dir, progress)
+    s = _prepare(cfg, data_dir, weights_dir, cache_dir, progress, dev)
     calib, ranks = _phase_one(cfg, s)
     table = activation_memory(s.suffix, s.layers, tuple(s.train[1].shape[2:]), cfg.batch_size,
                               calibration=calib if cfg.method in ("lance", "asi") else None)
@@ -569,7 +603,7 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
     if bar:
         bar.close()
     if measured is None:  # resumed after the last epoch: measure once now
-        x = s.train[0].batch(s.train[1], range(cfg.batch_size))
+        x = s.train[0].batch(s.train[1], range(cfg.batch_size)).to(s.device)
         measured = sum(measured_bytes(saved_tensors(s.suffix, x), s.layers).values())
     record = _record(cfg, s, run, table, lance_layers, ranks, measured, started,
                      time.perf_counter() - start_time, cpu_start)

@@ -187,17 +187,24 @@ def _prepare(base: nn.Module, method: str, calib, cfg: LatencyConfig) -> nn.Modu
                         hosvd_solver=cfg.hosvd_solver)
 
 
-def _time_trial(model: nn.Module, steps: list, lr: float) -> tuple[list, list]:
-    """One trial: a warm-up step on ``steps[0]``, then one timed step per further batch."""
+def _time_trial(model: nn.Module, steps: list, lr: float, device: torch.device = torch.device("cpu")
+                ) -> tuple[list, list]:
+    """One trial: a warm-up step on ``steps[0]``, then one timed step per further batch (on a GPU,
+    each phase is timed to the end of its queued work)."""
+    from lance.experiments.device import synchronize
+
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr)
     forward, backward = [], []
     for i, (x, y) in enumerate(steps):
         opt.zero_grad(set_to_none=True)
+        synchronize(device)
         t0 = time.perf_counter()
         loss = F.cross_entropy(model(x), y)
+        synchronize(device)
         t1 = time.perf_counter()
         loss.backward()
+        synchronize(device)
         t2 = time.perf_counter()
         opt.step()
         if i:
@@ -249,7 +256,7 @@ def _trials(settings: dict, cfg: LatencyConfig, start: float, log) -> dict:
             layers, base, calib, steps = settings[n]
             for method in cfg.methods[k:] + cfg.methods[:k]:
                 model = _prepare(base, method, calib, cfg)
-                fwd, bwd = _time_trial(model, steps, cfg.lr)
+                fwd, bwd = _time_trial(model, steps, cfg.lr, next(model.parameters()).device)
                 r = rows[(n, method)]
                 r["trial"] += [trial] * len(fwd)
                 r["forward_s"] += fwd
@@ -260,7 +267,8 @@ def _trials(settings: dict, cfg: LatencyConfig, start: float, log) -> dict:
     return rows
 
 
-def run_latency(cfg: LatencyConfig, *, data_dir=None, weights_dir=None, log: Callable = print) -> dict:
+def run_latency(cfg: LatencyConfig, *, data_dir=None, weights_dir=None, log: Callable = print,
+                device: str = "cpu") -> dict:
     """Run the latency experiment; returns ``{"config", "setup", "results", "provenance"}``.
 
     ``results`` has one entry per (layers, method) with every measurement: ``forward_s``,
@@ -268,18 +276,21 @@ def run_latency(cfg: LatencyConfig, *, data_dir=None, weights_dir=None, log: Cal
     ``trial`` (the trial of each value), plus the ranks used.
     """
     from lance.core.selection import trainable_layers
+    from lance.experiments.device import device_name, resolve_device
     from lance.experiments.provenance import provenance
     from lance.models import zoo as models
 
+    dev = resolve_device(device)
     start = time.perf_counter()
     started = provenance(config=asdict(cfg), seed=cfg.seed)
+    started["device"] = device_name(dev)
     threads_before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
         torch.manual_seed(cfg.seed)  # the new head's initialisation
         net = models.build(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained, weights_dir=weights_dir)
-        net.eval()  # frozen BatchNorm and Dropout, as in the paper's fine-tuning
+        net.eval().to(dev)  # frozen BatchNorm and Dropout, as in the paper's fine-tuning
         weights = (str(models.weights_file(cfg.model, weights_dir) or "torchvision") if cfg.pretrained
                    else "none (random initialisation)")
         trainable_layers(net, max(cfg.layer_counts))  # fail now, not after the first settings
@@ -287,6 +298,7 @@ def run_latency(cfg: LatencyConfig, *, data_dir=None, weights_dir=None, log: Cal
         resolution = cfg.resolution or models.resolution(cfg.model)
         n_batches = cfg.calibration_batches + 1 + cfg.iterations
         batches, data_note = _input_batches(cfg, resolution, n_batches, data_dir)
+        batches = [(x.to(dev), y.to(dev)) for x, y in batches]
         log(f"{cfg.model} at {resolution} px, batch {cfg.batch_size}, {torch.get_num_threads()} threads; "
             f"inputs: {data_note}")
         setup = {"data": data_note, "weights": weights, "resolution": resolution,

@@ -131,6 +131,7 @@ def _build_mcunet(name: str, num_classes: int, pretrained: bool, weights_dir) ->
 
 def weights_file(name: str, weights_dir: Optional[str | os.PathLike] = None) -> Optional[Path]:
     """Where the ImageNet weights of ``name`` are on this machine, or ``None``."""
+    _check_name(name)
     if name in MCUNET_MODELS:
         return _zoo_file(name, ".pth", weights_dir)
     filename = MODELS[name]
