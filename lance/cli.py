@@ -231,13 +231,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     """List the planned paper-scale runs and which have result files; with --run, run the
     commands of the missing ones, in the plan's order (pretraining before the fine-tuning that
     needs it), each command once."""
-    import shlex
-    import subprocess
-    import sys
+    from lance.experiments.engine import run_commands
+    from lance.experiments.plan import group_summary, load_plan, plan_status
 
-    from lance.experiments.plan import group_summary, plan_status
-
-    status = plan_status(args.results)
+    status = plan_status(args.results, load_plan(args.plan) if args.plan else None)
     if args.group:
         status = status[status.group.str.contains(args.group, case=False, regex=False)]
     if len(status) == 0:
@@ -258,14 +255,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             print("\nto run the missing ones (add --run to run them here, in this order):")
             print("\n".join(f"  {c}" for c in commands))
         return 0
-    failures = 0
-    for command in commands:
-        argv = shlex.split(command)
-        if argv[:3] != ["python", "-m", "lance"]:
-            raise ValueError(f"a planned command must start with 'python -m lance': {command}")
-        print(f"\n$ {command}", flush=True)
-        failures += subprocess.call([sys.executable, "-m", "lance", *argv[3:]]) != 0
-    return 1 if failures else 0
+    outcomes = run_commands(commands, executor=args.executor, jobs=args.jobs, folder=args.jobs_dir,
+                            partition=args.partition, time_min=args.time_min, gpus=args.gpus)
+    failed = [o for o in outcomes if o.status != "done"]
+    print(f"\n{len(outcomes) - len(failed)} of {len(outcomes)} commands done" + (
+        "; failed: " + ", ".join(f"{o.command} (log {o.stderr})" for o in failed) if failed else ""))
+    return 1 if failed else 0
 
 
 def _device_option(p: argparse.ArgumentParser) -> None:
@@ -449,6 +444,15 @@ def _parser_plan(commands) -> None:
     p.add_argument("--run", action="store_true", help="run the commands of the missing runs (hours to days)")
     p.add_argument("--results", default=None,
                    help="the result directory to match against (default: the project's data/results)")
+    p.add_argument("--plan", default=None, help="a plan of one's own: a JSON list of {group, kind, match, command}")
+    p.add_argument("--executor", default="local", choices=["local", "slurm"],
+                   help="local: processes on this machine; slurm: one job array on a SLURM cluster (the "
+                   "result folders must be on a filesystem every node sees)")
+    p.add_argument("--jobs", type=int, default=1, help="commands at once (local), array parallelism (slurm)")
+    p.add_argument("--jobs-dir", default="_build/jobs", help="where each job's logs go")
+    p.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's default)")
+    p.add_argument("--time-min", dest="time_min", type=int, default=24 * 60, help="time limit per job, minutes")
+    p.add_argument("--gpus", type=int, default=0, help="GPUs per job (SLURM)")
     p.set_defaults(func=_cmd_plan)
 
 

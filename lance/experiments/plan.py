@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from lance.errors import LanceError
 from lance.experiments.finetune import DEFAULT_LR
 from lance.experiments.results import RESULTS_DIR
 
-__all__ = ["group_summary", "PlannedRun", "PLAN", "plan_status"]
+__all__ = ["group_summary", "PlannedRun", "PLAN", "plan_status", "load_plan"]
 
 
 @dataclass(frozen=True)
@@ -133,15 +134,33 @@ def _matches(record: dict, kind: str, match: dict) -> bool:
     return True
 
 
-def plan_status(results_dir: Optional[str | Path] = None):
+def load_plan(path: str | Path) -> list[PlannedRun]:
+    """A plan of one's own: a JSON list of ``{"group", "kind", "match", "command"}``."""
+    try:
+        items = json.loads(Path(path).read_text())
+        runs = [PlannedRun(i["group"], i["kind"], dict(i.get("match", {})), i["command"]) for i in items]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise LanceError(f"cannot read the plan {path} ({type(err).__name__}: {err}); it must be a JSON list of "
+                         '{"group", "kind", "match", "command"} objects.') from None
+    for run in runs:
+        if run.kind not in KINDS:
+            raise LanceError(f"plan {path}: kind {run.kind!r} is not one of {', '.join(KINDS)}.")
+    return runs
+
+
+KINDS = ("finetune", "continual", "pretrain", "latency")
+
+
+def plan_status(results_dir: Optional[str | Path] = None, plan: Optional[list[PlannedRun]] = None):
     """One row per planned run: its group, setting, the matching result files (with their
     epochs) or ``missing``, and the command that writes it."""
     import pandas as pd
 
+    plan = PLAN if plan is None else plan
     root = Path(results_dir) if results_dir else RESULTS_DIR
-    records = {kind: _records(root / kind) for kind in {run.kind for run in PLAN}}
+    records = {kind: _records(root / kind) for kind in {run.kind for run in plan}}
     rows = []
-    for run in PLAN:
+    for run in plan:
         found = [(p, r) for p, r in records[run.kind] if _matches(r, run.kind, run.match)]
         files = ", ".join(p.name + (f" ({r['config']['epochs']} epochs)" if "epochs" in r.get("config", {}) else "")
                           for p, r in found)

@@ -160,4 +160,8 @@ def provenance(config: Any = None, seed: int | None = None, wall_time_s: float |
     }
     if commit.endswith("-dirty"):
         record["diff"] = git_diff()
+    if "SLURM_JOB_ID" in os.environ:  # run by a SLURM job (e.g. `plan --run --executor slurm`)
+        record["slurm"] = {key.lower()[6:]: os.environ[key] for key in (
+            "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NODELIST", "SLURM_JOB_PARTITION")
+            if key in os.environ}
     return record
