@@ -70,6 +70,7 @@ $(STAMP): pyproject.toml Makefile
 	@# A single-node SLURM cluster for tests/test_engine.py (`plan --run --executor slurm`), from Debian
 	@# when apt can install it (root); the test starts munged, slurmctld and slurmd and stops them again.
 	@command -v slurmctld >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+	  && { DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null 2>&1 || true; } \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null 2>&1; } \
 	  || echo "note: slurm-wlm not installed (apt-get install -y slurm-wlm munge, as root); the SLURM test is skipped"
 	touch $@

@@ -89,8 +89,7 @@ def test_status_page_lists_the_missing_runs_with_their_commands(tmp_path):
 
 
 def test_plan_command_lists_and_runs_each_missing_command_once(monkeypatch, capsys, tmp_path):
-    import subprocess
-
+    import lance.experiments.engine as engine
     from lance.cli import main
 
     # an empty result directory: every run is missing, whatever results the project has committed
@@ -99,7 +98,12 @@ def test_plan_command_lists_and_runs_each_missing_command_once(monkeypatch, caps
     out = capsys.readouterr().out
     assert "Tables 8-9: small batches: 0 of" in out and "--batch-sizes 4" in out
     calls = []
-    monkeypatch.setattr(subprocess, "call", lambda argv: calls.append(argv[3:]) or 0)
+
+    def fake_engine(commands, **options):  # what the engine is handed (tests/test_engine.py runs it)
+        calls.extend(engine.lance_argv(c) for c in commands)
+        return [engine.Outcome(c, "done", str(i), "", "") for i, c in enumerate(commands)]
+
+    monkeypatch.setattr(engine, "run_commands", fake_engine)
     status = plan_status(tmp_path)
     missing = status[~status.done & status.group.str.contains("small batches")]
     assert len(missing) > 0

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,15 +50,13 @@ def lance_argv(command: str) -> list[str]:
 
 
 def _run_one(argv: list[str], threads: int) -> int:
-    """The job: one command of the plan in this (fresh) process. A non-zero exit fails the job."""
-    import torch
-
-    from lance.cli import main
-
+    """The job: one command of the plan, ``python -m lance ...`` in a process of its own (its output
+    goes to the job's log). A non-zero exit fails the job."""
+    env = dict(os.environ)
     if threads:
-        torch.set_num_threads(threads)
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     print(f"$ python -m lance {shlex.join(argv)}", flush=True)
-    status = main(argv)
+    status = subprocess.call([sys.executable, "-m", "lance", *argv], env=env)
     if status:
         raise RuntimeError(f"python -m lance {shlex.join(argv)} exited with status {status}")
     return status

@@ -1,9 +1,10 @@
-"""Lock files, so that processes started in parallel (``plan --run`` in several terminals)
-share work instead of repeating it or writing the same file at once."""
+"""Claims on running work, so that processes started in parallel (two sweeps, `plan --run` jobs)
+share it instead of repeating it or writing the same file at once."""
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Optional
@@ -12,26 +13,37 @@ __all__ = ["claim", "wait_and_claim"]
 
 
 def claim(lock: Path) -> Optional[Path]:
-    """Create ``lock`` holding this process id; ``None`` if a process that still runs holds it.
-    A lock left by a process that no longer runs is taken over."""
+    """Claim ``lock`` for this process: the file, ``PID@HOST``, is written by the results' exclusive
+    atomic writer (:func:`lance.experiments.results.write_atomic`), so that it appears whole or not
+    at all and of two claimants exactly one wins. ``None`` if a process that still runs holds it;
+    a claim left by a process of this host that no longer runs is taken over (one of another host
+    is taken as live: its process cannot be checked from here)."""
+    from lance.errors import LanceError
+    from lance.experiments.results import write_atomic
+
     lock = Path(lock)
-    lock.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(2):
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                os.kill(int(lock.read_text().strip() or 0), 0)
-                return None  # its owner is alive (or is writing its id right now)
-            except (ProcessLookupError, ValueError, FileNotFoundError):
-                lock.unlink(missing_ok=True)  # stale, or released meanwhile: try again
-                continue
-            except PermissionError:
+            write_atomic(lock, f"{os.getpid()}@{socket.gethostname()}\n")
+            return lock
+        except LanceError:  # held: by a live process, or left behind
+            if _holder_alive(lock):
                 return None
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return lock
+            lock.unlink(missing_ok=True)  # stale, or released meanwhile: try again
     return None
+
+
+def _holder_alive(lock: Path) -> bool:
+    try:
+        pid, _, host = lock.read_text().strip().partition("@")
+        if host and host != socket.gethostname():
+            return True
+        os.kill(int(pid or 0), 0)
+        return True
+    except (ProcessLookupError, ValueError, FileNotFoundError):
+        return False
+    except PermissionError:  # another user's live process
+        return True
 
 
 def wait_and_claim(lock: Path, *, poll_s: float = 5.0, log=None) -> Path:
