@@ -95,6 +95,7 @@ book: $(EXECUTED) | $(STAMP) $(MATHJAX_JS)
 	$(if $(EXECUTED),cp -p $(EXECUTED) $(SRC)/notebooks/)
 	$(BIN)/python -m lance status-page $(SRC)/notebooks $(SRC)/book/status.md
 	$(BIN)/python -m lance glance $(SRC)/book/glance.md
+	$(BIN)/python -m lance plan-size $(SRC)/book/plan_size.md
 	# --path-output P puts the site in P/_build/html, so P = . gives _build/html. --all reads
 	# every page again (seconds; nothing is executed) so that -W sees every page's warnings.
 	$(BIN)/jupyter-book build $(SRC) --path-output . --all -W -n --keep-going

@@ -27,6 +27,15 @@ def _cmd_glance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan_size(args: argparse.Namespace) -> int:
+    from lance.book.running import plan_size_markdown
+    from lance.experiments.results import write_atomic
+
+    write_atomic(args.out, plan_size_markdown(), overwrite=True)
+    print(f"the plan's size: {args.out}")
+    return 0
+
+
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     import json
 
@@ -296,6 +305,13 @@ def _parser_glance(commands) -> None:
     p.set_defaults(func=_cmd_glance)
 
 
+def _parser_plan_size(commands) -> None:
+    p = commands.add_parser("plan-size", help="write the table of the plan's size (runs, CPU and GPU hours) for "
+                            "the page 'Running the paper's plan'")
+    p.add_argument("out", type=Path, help="MyST markdown file to write (atomically); book/running.md includes it")
+    p.set_defaults(func=_cmd_plan_size)
+
+
 def _parser_benchmark(commands) -> None:
     p = commands.add_parser(
         "benchmark",
@@ -459,7 +475,8 @@ def _parser_plan(commands) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lance", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_parser_status_page, _parser_glance, _parser_benchmark, _parser_finetune, _parser_sweep, _parser_latency, _parser_pretrain, _parser_continual, _parser_plan):
+    for add in (_parser_status_page, _parser_glance, _parser_plan_size, _parser_benchmark, _parser_finetune,
+                _parser_sweep, _parser_latency, _parser_pretrain, _parser_continual, _parser_plan):
         add(commands)
     return parser
 

@@ -33,13 +33,20 @@ def test_a_run_is_done_only_with_a_full_result_file_of_its_settings(tmp_path):
     done = status[status.done]
     assert sorted(done.setting) == sorted([
         "model=mcunet-in2, method=lance, layers=2, energy=0.7, calibration_batches=100, dataset=cifar100, "
-        "batch_size=128, classes=None",
+        "batch_size=128, classes=None, seed=42",
         "model=mcunet-in2, method=lance, layers=4, energy=0.5, calibration_batches=100, batch_size=128, classes=None, "
         "epochs=10",
         "model=mcunet-in2, method=lance, layers=4, energy=0.7, calibration_batches=100, dataset=cifar100, "
         "batch_size=4, classes=None, epochs=10, compress_batch=False",
     ])
     assert "c.json (10 epochs)" in done["result files"].tolist()
+    # another seed and the authors' layer selection count for their own groups only
+    write_result(tmp_path / "finetune" / "f.json", _finetune(seed=123))
+    write_result(tmp_path / "finetune" / "g.json", _finetune(seed=42, skip_depthwise=True))
+    again = plan_status(tmp_path)
+    newly = set(again[again.done].group) - set(done.group)
+    assert newly == {"Seeds 123 and 456: MCUNet, CIFAR-100", "The authors' layer selection (depthwise frozen)"}
+    assert again[again.done].group.value_counts()["Table 2: CIFAR-100, ImageNet weights"] == 1
     assert (status[~status.done]["result files"] == "missing").all()
 
 
@@ -119,3 +126,19 @@ def test_plan_command_lists_and_runs_each_missing_command_once(monkeypatch, caps
     assert status[status.group.str.contains("small batches")].done.sum() == 1
     assert len(calls) == len(dict.fromkeys(status[~status.done & status.group.str.contains("small batches")].command))
     assert main(["plan", "--group", "no such group", *results]) == 1
+
+
+def test_the_plan_size_counts_cpu_and_gpu_hours_from_the_result_files(tmp_path):
+    from lance.book.running import plan_size, plan_size_markdown
+
+    write_result(tmp_path / "finetune" / "a.json", {**_finetune(), "provenance": {"wall_time_s": 7200.0}})
+    write_result(tmp_path / "finetune" / "b.json", {**_finetune(method="bp"),
+                                                    "provenance": {"wall_time_s": 3600.0, "device": "cuda:0 (H200)"}})
+    table = plan_size(plan_status(tmp_path))
+    total = table.iloc[-1]
+    assert total["group"] == "all runs" and total["planned"] == len(PLAN) and total["done"] == 2
+    assert total["CPU hours"] == pytest.approx(2.0) and total["GPU hours"] == pytest.approx(1.0)
+    row = table[table.group == "Table 2: CIFAR-100, ImageNet weights"].iloc[0]
+    assert row["hours left (estimate)"] == pytest.approx(1.5 * (row["planned"] - 2))  # the done ones' pace
+    text = plan_size_markdown(table)
+    assert ":name: tbl-plan-size" in text and "1.0 of the hours were spent on GPUs" in text

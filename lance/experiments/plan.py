@@ -44,9 +44,10 @@ _SWEEP = "python -m lance sweep"
 _SPLIT = "--classes 50 100 --resolution 64 --pretrained _build/weights/{model}_cifar100_c0-50_r64_ep15_s0.pt"
 PLAN: list[PlannedRun] = [
     *_finetune("Table 2: CIFAR-100, ImageNet weights", f"{_SWEEP} --models mcunet-in2", ["mcunet-in2"],
-               ["bp", "hosvd", "asi", "lance"], dataset="cifar100", batch_size=128, classes=None),
+               ["bp", "hosvd", "asi", "lance"], dataset="cifar100", batch_size=128, classes=None, seed=42),
     *_finetune("Table 2: CIFAR-100, ImageNet weights", f"{_SWEEP} --models mobilenet_v2 --epochs 10",
-               ["mobilenet_v2"], ["bp", "hosvd", "asi", "lance"], dataset="cifar100", batch_size=128, classes=None),
+               ["mobilenet_v2"], ["bp", "hosvd", "asi", "lance"], dataset="cifar100", batch_size=128, classes=None,
+               seed=42),
     PlannedRun("Table 1: split protocol (pretraining)", "pretrain", {"model": "resnet18", "classes": [0, 50]},
                "python -m lance pretrain --model resnet18"),
     PlannedRun("Table 1: split protocol (pretraining)", "pretrain", {"model": "resnet34", "classes": [0, 50]},
@@ -88,6 +89,20 @@ PLAN: list[PlannedRun] = [
                {"model": "mobilenet_v2", "method": "lance", "layers": 4, "energy": 0.9, "calibration_batches": 100,
                 "dataset": "cifar100", "batch_size": 128, "classes": None, "epochs": 10},
                f"{_SWEEP} --models mobilenet_v2 --methods lance --layers 4 --epochs 10 --energies 0.9"),
+    # the paper's three seeds are 42, 123 and 456: the MCUNet cells of Table 2 at 50 epochs, BP and LANCE first
+    *[PlannedRun("Seeds 123 and 456: MCUNet, CIFAR-100", "finetune",
+                 {"model": "mcunet-in2", "method": method, "layers": n, "energy": 0.7, "calibration_batches": 100,
+                  "dataset": "cifar100", "batch_size": 128, "classes": None, "epochs": 50, "seed": seed},
+                 f"{_SWEEP} --models mcunet-in2 --methods {method} --layers {n} --seeds {seed}")
+      for method in ("bp", "lance", "asi", "hosvd") for n in (2, 4) for seed in (123, 456)],
+    # the authors' LANCE selection: the last n convolutions with groups == 1 (chapter 3)
+    *[PlannedRun("The authors' layer selection (depthwise frozen)", "finetune",
+                 {"model": model, "method": "lance", "layers": n, "energy": 0.7, "calibration_batches": 100,
+                  "dataset": "cifar100", "batch_size": 128, "classes": None, "epochs": epochs,
+                  "skip_depthwise": True},
+                 f"{_SWEEP} --models {model} --methods lance --layers {n} --skip-depthwise"
+                 + (f" --epochs {epochs}" if epochs != 50 else ""))
+      for model, n, epochs in (("mcunet-in2", 2, 50), ("mcunet-in2", 4, 50), ("mobilenet_v2", 4, 10))],
     PlannedRun("Figure 5: latency", "latency", {"model": "mcunet-in2", "batch_size": 128, "hosvd_solver": "gram"},
                "python -m lance latency --out data/results/latency/mcunet-in2_bs128.json"),
     PlannedRun("Figure 5: latency", "latency", {"model": "mcunet-in2", "batch_size": 128, "hosvd_solver": "svd"},
@@ -120,6 +135,8 @@ def _matches(record: dict, kind: str, match: dict) -> bool:
         return False  # a run that leaves the batch mode uncompressed is not the paper's setting
     if kind == "finetune" and "lr" not in match and abs(cfg.get("lr", DEFAULT_LR) - DEFAULT_LR) > 1e-12:
         return False  # nor is a run at another learning rate
+    if kind == "finetune" and cfg.get("skip_depthwise") and not match.get("skip_depthwise"):
+        return False  # the authors' selection is planned apart from ours
     if kind == "continual" and cfg.get("tasks"):  # a run of the first few tasks only
         return False
     for key, want in match.items():
@@ -151,6 +168,10 @@ def load_plan(path: str | Path) -> list[PlannedRun]:
 KINDS = ("finetune", "continual", "pretrain", "latency")
 
 
+def _hours(record: dict) -> float:
+    return float(record.get("provenance", {}).get("wall_time_s") or 0.0) / 3600
+
+
 def plan_status(results_dir: Optional[str | Path] = None, plan: Optional[list[PlannedRun]] = None):
     """One row per planned run: its group, setting, the matching result files (with their
     epochs) or ``missing``, and the command that writes it."""
@@ -164,9 +185,11 @@ def plan_status(results_dir: Optional[str | Path] = None, plan: Optional[list[Pl
         found = [(p, r) for p, r in records[run.kind] if _matches(r, run.kind, run.match)]
         files = ", ".join(p.name + (f" ({r['config']['epochs']} epochs)" if "epochs" in r.get("config", {}) else "")
                           for p, r in found)
-        hours = sum(float(r.get("provenance", {}).get("wall_time_s") or 0.0) for _, r in found) / 3600
+        hours = sum(_hours(r) for _, r in found)
+        gpu = sum(_hours(r) for _, r in found if str(r.get("provenance", {}).get("device", "cpu")).startswith("cuda"))
         rows.append({"group": run.group, "setting": run.setting(), "done": bool(found),
-                     "result files": files or "missing", "command": run.command, "hours": hours})
+                     "result files": files or "missing", "command": run.command, "hours": hours,
+                     "gpu hours": gpu})
     return pd.DataFrame(rows)
 
 
