@@ -12,7 +12,11 @@ from pathlib import Path
 
 def _cmd_status_page(args: argparse.Namespace) -> int:
     from lance.book.status import status_page
+    from lance.errors import LanceError
 
+    if not Path(args.executed_dir).is_dir():
+        raise LanceError(f"{args.executed_dir} is not a folder of executed notebooks; `make book` writes them to "
+                         "_build/executed/PROFILE/.")
     out = status_page(args.executed_dir, args.out)
     print(f"status page: {out}")
     return 0
@@ -76,10 +80,12 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     """Every combination of models x methods x layers (x batch sizes), skipping finished ones."""
+    import dataclasses
     import itertools
     import sys
     import traceback
 
+    from lance.experiments.results import check_same_config
     from lance.errors import LanceError
     from lance.experiments.finetune import finetune, result_name
 
@@ -93,6 +99,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     for cfg in configs:
         name = result_name(cfg)
         if (args.out / name).exists():
+            check_same_config(args.out / name, dataclasses.asdict(cfg))
             print(f"done already: {name}", flush=True)
             continue
         lock = _claim(Path(args.checkpoint_dir) / (name[:-len(".json")] + ".lock"))
@@ -162,13 +169,17 @@ def _cmd_latency(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from lance.experiments.config import given_options
     from lance.experiments.pretrain import PretrainConfig, checkpoint_name, pretrain
+    from lance.experiments.results import check_same_config
 
     cfg = PretrainConfig(**given_options(args, PretrainConfig))
     name = checkpoint_name(cfg)
     result, weights = Path(args.results) / f"{name}.json", Path(args.out) / f"{name}.pt"
     if result.exists() and weights.exists() and not args.force:
+        check_same_config(result, dataclasses.asdict(cfg))
         print(f"done already: {result} (weights {weights}); pass --force to train again")
         return 0
     lock = _claim(Path(args.out) / f"{name}.lock")
@@ -193,8 +204,11 @@ def _claim(lock: Path):
 
 
 def _cmd_continual(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import torch
 
+    from lance.experiments.results import check_same_config
     from lance.data.tasks import build_benchmark
     from lance.experiments.continual import ContinualConfig, cl_result_name, continual, profile_settings
 
@@ -208,9 +222,12 @@ def _cmd_continual(args: argparse.Namespace) -> int:
             v = getattr(args, key)
             if v is not None:
                 values[key] = v
+        if args.threshold_base is not None:  # the user's threshold replaces the benchmark's per-layer ones
+            values["layer_thresholds"] = ()
         cfg = ContinualConfig(benchmark=args.benchmark, method=method, **values).validate()
         name = cl_result_name(cfg)
         if (args.out / name).exists() and not args.force:
+            check_same_config(args.out / name, dataclasses.asdict(cfg), ignore=("model",))
             print(f"done already: {args.out / name}")
             continue
         if benchmark is None:
@@ -240,9 +257,15 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     """List the planned paper-scale runs and which have result files; with --run, run the
     commands of the missing ones, in the plan's order (pretraining before the fine-tuning that
     needs it), each command once."""
+    from lance.errors import LanceError
     from lance.experiments.engine import run_commands
     from lance.experiments.plan import group_summary, load_plan, plan_status
 
+    if args.results and Path(args.results).exists() and not Path(args.results).is_dir():
+        raise LanceError(f"--results {args.results} is not a folder; pass the folder that holds finetune/, "
+                         "continual/, ... (default: the project's data/results).")
+    if args.results and not Path(args.results).exists():
+        print(f"note: {args.results} does not exist yet: every planned run counts as missing")
     status = plan_status(args.results, load_plan(args.plan) if args.plan else None)
     if args.group:
         status = status[status.group.str.contains(args.group, case=False, regex=False)]
@@ -488,7 +511,44 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        _check_paths(args)  # outputs that cannot be written: now, before anything is computed
         return args.func(args)
     except LanceError as err:  # bad input: the message says what to do; no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a path that is a file where a folder must be, or the reverse, ...
+        where = f" {err.filename}" if err.filename else ""
+        print(f"error: {err.strerror or err}:{where}; pass another path.", file=sys.stderr)
+        return 2
+
+
+# options naming folders a command writes into, and files it writes
+_FOLDERS = ("checkpoint_dir", "cache_dir", "jobs_dir")
+_FILES = {"latency": "out", "benchmark": "out", "glance": "out", "status_page": "out", "plan_size": "out"}
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    from lance.errors import LanceError
+    from lance.experiments.results import check_writable
+
+    for name in _FOLDERS:
+        folder = getattr(args, name, None)
+        if folder:
+            check_writable(Path(folder) / ".probe")
+    for name in ("weights_dir", "data_dir"):
+        folder = getattr(args, name, None)
+        if folder and not Path(folder).is_dir():
+            raise LanceError(f"--{name.replace('_', '-')} {folder} is not a folder; pass the folder that holds "
+                             f"the {'weights' if name == 'weights_dir' else 'datasets'}.")
+    command = (args.command or "").replace("-", "_")
+    out = getattr(args, _FILES.get(command, ""), None) if command in _FILES else None
+    if out:
+        if Path(out).is_dir():
+            raise LanceError(f"{out} is a folder; pass the file to write.")
+        check_writable(out, overwrite=getattr(args, "force", True))
+    if command == "pretrain":
+        check_writable(Path(args.results) / ".probe")
+        check_writable(Path(args.out) / ".probe")
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 0:
+        raise LanceError(f"--threads must be 0 (torch's choice) or a positive number, got {threads}.")

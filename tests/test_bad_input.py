@@ -72,7 +72,7 @@ FINETUNE = [
     (["--calibration-batches", "0"], "calibration_batches must be a positive"),
     (["--layers", "0"], "layers must be a positive"),
     (["--layers", "1000"], "fewer than the 1000 requested"),
-    (["--seed", "-1"], "seed must be a whole number >= 0"),
+    (["--seed", "-1"], "seed must be a whole number"),
     (["--pretrained", "MISSING"], "not found"),
     (["--pretrained", "OTHER"], "does not fit mobilenet_v2"),
     (["--pretrained", "LIST"], "is not a state_dict"),
@@ -84,7 +84,7 @@ SWEEP = [
     (["--epochs", "-3"], "epochs must be a positive"),
     (["--layers", "2", "0"], "layers must be a positive"),
     (["--models", "mcunet-in2", "nope"], "unknown model"),
-    (["--seeds", "42", "-1"], "seed must be a whole number >= 0"),
+    (["--seeds", "42", "-1"], "seed must be a whole number"),
     (["--lrs", "nan"], "lr must be a finite"),
     (["--energies", "0.7", "1.2"], r"energy must be in \(0, 1\]"),
     (["--batch-sizes", "0"], "batch_size must be a positive"),
@@ -110,7 +110,7 @@ CONTINUAL = [
     (["--lr", "-0.1"], "need lr > 0"),
     (["--calibration-batches", "0"], "calibration_batches must be a positive"),
     (["--memory-examples", "0"], "memory_examples must be a positive"),
-    (["--seed", "-4"], "seed must be a whole number >= 0"),
+    (["--seed", "-4"], "seed must be a whole number"),
     (["--model", "../x"], "model must be a plain name"),
 ]
 LATENCY = [
@@ -173,3 +173,38 @@ def test_a_sweep_reports_a_failing_run_in_one_line_and_goes_on(tmp_path, capsys,
     err = capsys.readouterr().err
     assert status == 1 and ran == [2, 4]
     assert "Traceback" not in err and err.count("\n") == 1 and "became nan" in err
+
+
+MORE_CLI = [
+    ("glance", ["RF/g.md"], "cannot write to"),
+    ("status-page", ["/nonexistent-folder", "OUT"], "is not a folder of executed notebooks"),
+    ("continual", ["--threads", "-1"], "--threads must be 0"),
+    ("continual", ["--lr", "inf"], "lr must be a finite number"),
+    ("finetune", ["--weights-dir", "/nonexistent-folder"], "--weights-dir /nonexistent-folder is not a folder"),
+    ("finetune", ["--cache-dir", "RF/c"], "cannot write to"),
+    ("finetune", ["--seed", "99999999999999999999"], r"seed must be a whole number in \[0, 2\*\*32\)"),
+    ("benchmark", ["--out", "RF"], "exists; pass --force"),
+]
+
+
+@pytest.mark.parametrize("command,argv,message", MORE_CLI, ids=[f"{c} {' '.join(a)}" for c, a, _ in MORE_CLI])
+def test_more_bad_paths_and_numbers(command, argv, message, tmp_path, capsys, no_data):
+    rf = tmp_path / "a-file"
+    rf.write_text("")
+    argv = [a.replace("RF", str(rf)).replace("OUT", str(tmp_path / "s.md")) for a in argv]
+    assert main([command, *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1 and re.search(message, err), err
+
+
+def test_a_result_of_another_configuration_is_not_taken_for_done(tmp_path, capsys, monkeypatch):
+    import lance.experiments.finetune as ft
+    from lance.experiments.results import write_result
+
+    cfg = ft.FinetuneConfig(model="mcunet-in2", method="bp", layers=2)
+    write_result(tmp_path / ft.result_name(cfg), {"config": {**__import__("dataclasses").asdict(cfg), "lr": 0.01},
+                                                  "metrics": {}, "provenance": {}})
+    monkeypatch.setattr(ft, "finetune", lambda *a, **k: pytest.fail("must not run"))
+    assert main(["sweep", "--methods", "bp", "--layers", "2", "--out", str(tmp_path),
+                 "--checkpoint-dir", str(tmp_path / "c")]) == 2
+    assert "another configuration (lr: 0.01 there, 0.05 now)" in capsys.readouterr().err

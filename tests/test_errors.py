@@ -234,3 +234,59 @@ def test_a_calibration_made_for_other_weights_is_refused(tmp_path):
     assert lance.Calibration.load(tmp_path / "c.pt", model=model)["0"].ranks == cal["0"].ranks
     with pytest.raises(lance.CalibrationMismatchError, match="other weights"):
         lance.Calibration.load(tmp_path / "c.pt", model=_conv_model())
+
+
+def _hosvd_case(kind):
+    if kind == "long":
+        return lance.hosvd(torch.ones(2, 3, dtype=torch.long))
+    if kind == "nan":
+        return lance.hosvd(torch.full((2, 3), float("nan")))
+    if kind == "empty":
+        return lance.hosvd(torch.randn(0, 4))
+    if kind == "list":
+        return lance.hosvd([[1.0, 2.0]])
+    if kind == "float rank":
+        return lance.hosvd(torch.randn(3, 4), ranks=[1.5, 2])
+    return lance.hosvd(torch.randn(3, 4), skip_modes=[5])
+
+
+@pytest.mark.parametrize("kind", ["long", "nan", "empty", "list", "float rank", "skip mode"])
+def test_hosvd_refuses_what_it_cannot_decompose(kind):
+    with pytest.raises(lance.LanceError):
+        _hosvd_case(kind)
+
+
+@pytest.mark.parametrize("batches,message", [
+    ([None], "is a NoneType"), ([[]], "empty tuple"), (5, "iterable"),
+    ([torch.zeros(0, 3, 5, 5)], "is empty"), ([torch.randn(2, 3, 5, 5).half()], "float16 but the model is"),
+    ([torch.randn(2, 5, 5, 5, dtype=torch.float64)], "cannot run calibration batch 0"),
+])
+def test_calibration_batches_the_model_cannot_take(batches, message):
+    model = _conv_model().double()
+    with pytest.raises(lance.LanceError, match=message):
+        lance.calibrate(model, batches, ["0"])
+
+
+@pytest.mark.parametrize("call", ["calibrate", "compress", "decompress", "trainable_layers"])
+def test_a_model_that_is_not_a_module(call):
+    args = {"calibrate": ("not a model", [torch.zeros(1)], ["0"]), "compress": ("not a model", None),
+            "decompress": (None,), "trainable_layers": ("not a model", 2)}[call]
+    with pytest.raises(lance.LanceError):
+        getattr(lance, call)(*args)
+
+
+def test_calibration_files_without_their_checksum_or_model_are_refused(tmp_path):
+    model = _conv_model()
+    cal = lance.calibrate(model, random_batches((2, 3, 5, 5)), ["0"])
+    cal.save(tmp_path / "c.pt")
+    with pytest.raises(lance.CalibrationMismatchError, match="saved without the model"):
+        lance.Calibration.load(tmp_path / "c.pt", model=model)
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    del state["sha256"]
+    torch.save(state, tmp_path / "nosum.pt")
+    with pytest.raises(lance.LanceError, match="no checksum"):
+        lance.Calibration.load(tmp_path / "nosum.pt")
+    with pytest.raises(lance.LanceError, match="returned a int"):
+        lance.compress(model, cal, factory=lambda m, lc: 42)
+    with pytest.raises(lance.LanceError, match="compress_batch must be True or False"):
+        lance.calibrate(model, random_batches((2, 3, 5, 5)), ["0"], compress_batch="False")

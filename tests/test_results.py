@@ -35,7 +35,7 @@ def test_failed_write_keeps_the_old_file(tmp_path):
     write_result(path, _record(1.0))
     bad = _record(2.0)
     bad["metrics"]["obj"] = object()  # not JSON-serialisable
-    with pytest.raises(TypeError):
+    with pytest.raises(LanceError, match="cannot be written as JSON"):
         write_result(path, bad, overwrite=True)
     assert json.loads(path.read_text())["metrics"]["accuracy"] == 1.0
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]

@@ -29,7 +29,10 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _notebook_status(path: Path) -> dict[str, Any]:
-    nb = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # not a notebook papermill wrote: listed as failed
+        return {"name": path.stem, "parameters": {}, "start_time": None, "duration_s": None, "ok": False}
     pm = nb.get("metadata", {}).get("papermill", {})
     errors = any(
         out.get("output_type") == "error"

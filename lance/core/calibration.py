@@ -240,6 +240,11 @@ class Calibration:
             spec = {k: tuple(v) if isinstance(v, list) else v for k, v in d["spec"].items()}
             modes = [ModeBasis(m["name"], m["size"], m["rank"], m["basis"], m["eigenvalues"], m.get("limit"))
                      for m in d["modes"]]
+            for m in modes:
+                if m.rank is not None and (not isinstance(m.rank, int) or not 1 <= m.rank <= m.size
+                                           or not isinstance(m.basis, Tensor) or m.basis.shape[0] != m.size):
+                    raise LanceError(f"layer {name!r}, mode {m.name!r}: rank {m.rank!r} or its basis does not fit "
+                                     f"a mode of size {m.size}; recompute the calibration with lance.calibrate.")
             layers[name] = LayerCalibration(name, spec, tuple(d["input_shape"]), modes)
         return cls(layers, state["energy"], state["num_batches"], state["compress_batch"])
 
@@ -247,6 +252,8 @@ class Calibration:
         """Write with ``torch.save``, atomically (a temporary file renamed into place), with a
         sha256 of the tensors; with ``model``, also the fingerprint of the weights it was made
         for, which :meth:`load` checks."""
+        if model is not None and not isinstance(model, nn.Module):
+            raise LanceError(f"model must be the torch.nn.Module the calibration was made for, got {type(model).__name__}.")
         state = self.state_dict()
         state["sha256"] = _digest(state)
         if model is not None:
@@ -278,6 +285,9 @@ class Calibration:
             raise LanceError(f"{path} is not a calibration file that loads safely ({type(err).__name__}); "
                              "recompute it with lance.calibrate and Calibration.save.") from None
         try:
+            if isinstance(state, dict) and state.get("format") == FORMAT_VERSION and "sha256" not in state:
+                raise LanceError(f"{path} carries no checksum of its tensors, so it cannot be verified; save it "
+                                 "again with Calibration.save.")
             if isinstance(state, dict) and "sha256" in state and state["sha256"] != _digest(state):
                 raise LanceError(f"the tensors in {path} do not match their checksum (the file is damaged or was "
                                  "edited); recompute it with lance.calibrate.")
@@ -285,7 +295,10 @@ class Calibration:
         except (KeyError, TypeError, IndexError) as err:
             raise LanceError(f"{path} is a damaged calibration file (missing {err}); recompute it with "
                              "lance.calibrate.") from None
-        if model is not None and isinstance(state.get("model"), dict) and state["model"] != model_fingerprint(model):
+        if model is not None and not isinstance(state.get("model"), dict):
+            raise CalibrationMismatchError(f"{path} was saved without the model it was made for, so it cannot be "
+                                           "checked against this one; save it with Calibration.save(path, model).")
+        if model is not None and state["model"] != model_fingerprint(model):
             raise CalibrationMismatchError(f"{path} was calibrated on other weights ({state['model']['type']}, "
                                            f"sha256 {state['model']['sha256'][:12]}); recalibrate this model.")
         return calib
@@ -372,6 +385,20 @@ def model_fingerprint(model: nn.Module) -> dict[str, str]:
     return {"type": type(model).__name__, "sha256": h.hexdigest()}
 
 
+def _check_batch(model: nn.Module, x: Any, index: int) -> None:
+    if not isinstance(x, Tensor):
+        raise LanceError(f"calibration batch {index} is a {type(x).__name__}; yield tensors or (input, target) "
+                         "pairs (a DataLoader does).")
+    if x.numel() == 0:
+        raise LanceError(f"calibration batch {index} is empty (shape {tuple(x.shape)}).")
+    param = next(model.parameters(), None)
+    if param is not None and x.is_floating_point() and x.dtype != param.dtype:
+        raise LanceError(f"calibration batch {index} is {x.dtype} but the model is {param.dtype}; convert the "
+                         f"batches (x.to({param.dtype})) or the model (model.to(x.dtype)).")
+    if not x.is_floating_point():
+        raise LanceError(f"calibration batch {index} is {x.dtype}; the model takes floating-point inputs.")
+
+
 def _inputs_of(batch: Any) -> Any:
     if isinstance(batch, (tuple, list)):
         if not batch:
@@ -400,6 +427,10 @@ def calibrate(
     ``tqdm.auto.tqdm``).
     """
     energy = check_energy(energy)
+    if not isinstance(compress_batch, bool):
+        raise LanceError(f"compress_batch must be True or False, got {compress_batch!r}.")
+    if not hasattr(batches, "__iter__"):
+        raise LanceError(f"batches must be an iterable of tensors (a DataLoader, a list), got {type(batches).__name__}.")
     if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
         raise LanceError(f"num_batches must be a positive integer, got {num_batches!r}.")
     modules = resolve_layers(model, layers)
@@ -431,7 +462,15 @@ def visit_layer_inputs(model: nn.Module, modules: dict[str, nn.Module], batches:
         model.eval()
         with torch.no_grad():
             for batch in batches:  # stop right after the last batch: no extra batch is drawn
-                model(_inputs_of(batch))
+                x = _inputs_of(batch)
+                _check_batch(model, x, state["batch"])
+                try:
+                    model(x)
+                except LanceError:  # a layer's own check (NaN inputs, shapes): already says what to do
+                    raise
+                except (RuntimeError, ValueError, TypeError) as err:  # a shape or dtype the model cannot take
+                    raise LanceError(f"the model cannot run calibration batch {state['batch']} of shape "
+                                     f"{tuple(x.shape)} ({x.dtype}): {str(err).splitlines()[0][:160]}") from None
                 state["batch"] += 1
                 if state["batch"] >= num_batches:
                     break

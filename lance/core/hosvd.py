@@ -248,8 +248,18 @@ def hosvd(
     of the HOSVD baseline, and what Phase I does once on accumulated covariances.
     """
     energy = check_energy(energy)
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise LanceError(f"hosvd needs a floating-point tensor, got {type(x).__name__}"
+                         f"{'' if not isinstance(x, Tensor) else ' of ' + str(x.dtype)}; convert it with .float().")
+    if x.numel() == 0 or not torch.isfinite(x).all():
+        raise LanceError(f"hosvd needs a non-empty tensor of finite values, got shape {tuple(x.shape)}"
+                         f"{'' if x.numel() == 0 else ' with NaN or infinity'}.")
     if ranks is not None and len(ranks) != x.dim():
         raise LanceError(f"ranks has {len(ranks)} entries but the tensor has {x.dim()} modes.")
+    if ranks is not None and any(r is not None and (isinstance(r, bool) or not isinstance(r, int)) for r in ranks):
+        raise LanceError(f"ranks must be whole numbers or None, got {list(ranks)}.")
+    if any(not isinstance(m, int) or not 0 <= m < x.dim() for m in skip_modes):
+        raise LanceError(f"skip_modes {list(skip_modes)} must name modes 0..{x.dim() - 1}.")
     factors: list[Optional[Tensor]] = []
     spectra: list[Optional[Tensor]] = []
     for m in range(x.dim()):

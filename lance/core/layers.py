@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from lance.core.calibration import Calibration, LayerCalibration
 from lance.errors import BatchSizeError, CalibrationMismatchError, InputShapeError, LanceError, UnsupportedLayerError
 from lance.core.hosvd import expand, is_channels_last, mode_product, project
-from lance.core.selection import layer_spec, resolve_layers
+from lance.core.selection import check_model, layer_spec, resolve_layers
 
 __all__ = [
     "ConvGeometry",
@@ -406,6 +406,9 @@ def compress(model: nn.Module, calibration: Calibration, layers: Optional[Sequen
                 f"calibration recorded {lc.spec}. Calibrate this model with lance.calibrate.")
     for name, module in modules.items():
         new = _swap_in(module, calibration[name], factory)
+        if not isinstance(new, nn.Module):
+            raise LanceError(f"the factory returned a {type(new).__name__} for layer {name!r}; it must return the "
+                             "nn.Module that replaces the layer.")
         _carry_hooks(module, new)
         _set_submodule(model, name, new)
     return model
@@ -445,6 +448,7 @@ def compressed_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 def decompress(model: nn.Module) -> nn.Module:
     """Undo :func:`compress`: put plain ``nn.Conv2d`` / ``nn.Linear`` back (same parameters)."""
+    check_model(model)
     for name, m in compressed_layers(model).items():
         if isinstance(m, nn.Conv2d):
             plain = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,

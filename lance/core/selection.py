@@ -23,6 +23,7 @@ def trainable_layers(model: nn.Module, n: int, skip_depthwise: bool = False) -> 
     ``groups == 1`` count (the selection of the authors' LANCE code: depthwise and other grouped
     convolutions stay frozen, and the n reach further back instead).
     """
+    check_model(model)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise LanceError(f"n must be a positive integer (how many conv layers to train), got {n!r}.")
     convs = [name for name, module in model.named_modules()
@@ -36,8 +37,16 @@ def trainable_layers(model: nn.Module, n: int, skip_depthwise: bool = False) -> 
     return convs[-n:]
 
 
+def check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise LanceError(f"expected a torch.nn.Module, got {type(model).__name__}.")
+
+
 def resolve_layers(model: nn.Module, layers: Iterable[str]) -> dict[str, nn.Module]:
     """Map each name to its module; unknown names and unsupported types raise clear errors."""
+    check_model(model)
+    if layers is None:
+        raise LanceError("no layers were named: pass e.g. lance.trainable_layers(model, 2).")
     if isinstance(layers, str):
         layers = [layers]
     names = list(layers)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Optional
 from lance.errors import LanceError
 
 __all__ = ["option", "validate", "add_options", "given_options", "positive", "non_negative", "positive_float", "finite_float", "fraction",
-           "one_of", "flag", "text", "span", "help_of"]
+           "one_of", "flag", "seed_value", "text", "span", "help_of"]
 
 Check = Callable[[str, Any], None]
 
@@ -61,6 +61,11 @@ def positive(name: str, value: Any) -> None:
 def non_negative(name: str, value: Any) -> None:
     if not _is_int(value) or value < 0:
         raise LanceError(f"{name} must be a whole number >= 0 (0: the default), got {value!r}.")
+
+
+def seed_value(name: str, value: Any) -> None:
+    if not _is_int(value) or not 0 <= value < 2**32:
+        raise LanceError(f"{name} must be a whole number in [0, 2**32), got {value!r}.")
 
 
 def positive_float(name: str, value: Any) -> None:

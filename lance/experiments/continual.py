@@ -42,7 +42,7 @@ from lance.models.continual import DEFAULT_MODEL, ContinualNet, build_cl_model
 from lance.core.memory import ContinualMemory, calibrate_in_null_space, gpm_threshold, project_gradients
 from lance.errors import LanceError
 from lance.experiments.checkpoints import load_checkpoint, save_checkpoint
-from lance.experiments.config import non_negative, text
+from lance.experiments.config import flag, fraction, non_negative, text
 from lance.experiments.results import check_writable
 from lance.core.layers import compress, decompress
 
@@ -95,6 +95,13 @@ class ContinualConfig:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise LanceError(f"{key} must be a positive integer, got {v!r}.")
+        for key in ("lr", "lr_factor", "lr_min", "energy", "threshold_base", "threshold_step", "val_fraction"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise LanceError(f"{key} must be a finite number, got {value!r}.")
+        flag("compress_batch", self.compress_batch)
+        for t in self.layer_thresholds:
+            fraction("layer_thresholds", t)
         if not (self.lr > 0 and self.lr_factor > 1 and self.lr_min >= 0):
             raise LanceError(f"need lr > 0, lr_factor > 1 and lr_min >= 0; got lr={self.lr}, "
                              f"lr_factor={self.lr_factor}, lr_min={self.lr_min}.")
@@ -323,6 +330,8 @@ def continual(config: ContinualConfig, *, out_dir: Optional[os.PathLike] = None,
                                     train_limit=c.train_limit, test_limit=c.test_limit)
     if benchmark.name != c.benchmark:
         raise LanceError(f"the benchmark passed is {benchmark.name!r} but the config names {c.benchmark!r}.")
+    if c.tasks > len(benchmark.tasks):
+        raise LanceError(f"--tasks {c.tasks}: {c.benchmark} has {len(benchmark.tasks)} tasks here.")
     tasks = benchmark.tasks[:c.tasks] if c.tasks else benchmark.tasks
     model_name = c.model or DEFAULT_MODEL[c.benchmark]
     model = build_cl_model(model_name, [t.classes for t in tasks], benchmark.input_shape,

@@ -32,7 +32,8 @@ from lance.core.calibration import calibrate
 from lance.errors import DivergedError, LanceError
 from lance.experiments.checkpoints import load_checkpoint, safe_load, save_checkpoint
 from lance.experiments.device import device_name, resolve_device
-from lance.experiments.config import (finite_float, flag, fraction, non_negative, one_of, option, positive, span,
+from lance.experiments.config import (finite_float, flag, fraction, non_negative, one_of, option, positive, seed_value,
+                                     span,
                                      validate)
 from lance.analysis.fidelity import gradient_angle
 from lance.core.layers import compressed_layers, exact_backward
@@ -76,7 +77,7 @@ class FinetuneConfig:
                             one_of(("script", "table4")))
     calibration_batches: int = option(100, "Phase I batches (LANCE and ASI)", positive)
     compress_batch: bool = option(True, "project the batch mode too (the paper's choice)", flag)
-    seed: int = option(42, "seed of the head, the data order and the flips", non_negative)
+    seed: int = option(42, "seed of the head, the data order and the flips", seed_value)
     resolution: int = option(0, "input size in px (0: the model's native resolution)", non_negative)
     classes: Optional[tuple[int, int]] = option(None, "fine-tune on classes [FIRST, END) only (split protocol)", span)
     pretrained: str = option("imagenet", "'imagenet' or the path of a state_dict (split-protocol pretraining)",
@@ -374,6 +375,9 @@ def _phase_one(cfg: FinetuneConfig, s: _Setup):
     tc, tfeats, tlabels = s.train
     n_cal = cfg.calibration_batches if cfg.method in ("lance", "asi") else 1
     plan = _epoch_plan(len(tlabels), cfg.batch_size, cfg.seed, epoch=-1)
+    if len(plan) < n_cal:
+        raise LanceError(f"--calibration-batches {n_cal} needs {n_cal} batches of {cfg.batch_size}, but the "
+                         f"{len(tlabels)} training images give {len(plan)}; lower it or raise --train-limit.")
     batches = [tc.batch(tfeats, idx, fl).to(s.device) for idx, fl in plan[:n_cal]]
     calib = calibrate(s.suffix, batches, s.layers, energy=cfg.energy, num_batches=len(batches),
                       compress_batch=cfg.compress_batch)
@@ -406,17 +410,26 @@ def _weight_norms(suffix: nn.Module, layers) -> dict:
     return {n: float(suffix.get_submodule(n).weight.detach().norm()) for n in layers}
 
 
+def _identity(cfg: FinetuneConfig, s: _Setup) -> dict:
+    """What a checkpoint must match to be resumed: the config and the weights it started from."""
+    return {**dataclasses.asdict(cfg), "weights_sha256": s.files["weights_sha256"]}
+
+
 def _resume(ckpt_path, cfg: FinetuneConfig, s: _Setup, opt, sched, run: _RunState, log) -> None:
-    saved = load_checkpoint(ckpt_path, dataclasses.asdict(cfg))
+    saved = load_checkpoint(ckpt_path, _identity(cfg, s))
     if saved is None:
         return
-    s.suffix.load_state_dict(saved["model"])
-    opt.load_state_dict(saved["optimizer"])
-    if sched is not None:
-        sched.load_state_dict(saved["scheduler"])
-    for name, bases in saved.get("asi_bases", {}).items():
-        s.suffix.get_submodule(name)._bases = bases
-    run.history, run.epoch = saved["history"], saved["epoch"]
+    try:
+        s.suffix.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(saved["scheduler"])
+        for name, bases in saved.get("asi_bases", {}).items():
+            s.suffix.get_submodule(name)._bases = bases
+        run.history, run.epoch = list(saved["history"]), int(saved["epoch"])
+    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as err:
+        raise LanceError(f"checkpoint {ckpt_path} is damaged or not this run's ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:100]}); pass --force to start afresh.") from None
     run.elapsed = saved.get("elapsed", sum(h["seconds"] for h in run.history))
     run.commits = saved.get("commits", ["unrecorded"]) + run.commits
     run.cpu_elapsed = saved.get("cpu_elapsed")
@@ -556,6 +569,9 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
     from lance.experiments.provenance import provenance
     from lance.experiments.results import check_writable, write_result
 
+    if not isinstance(cfg, FinetuneConfig):
+        raise LanceError(f"finetune needs a FinetuneConfig, got {type(cfg).__name__}.")
+    validate(cfg)  # fields changed after construction are checked too
     dev = resolve_device(device)  # a missing GPU is refused before anything else
     start_time = time.perf_counter()
     started = provenance(config=dataclasses.asdict(cfg), seed=cfg.seed)  # the code that runs is today's
@@ -599,7 +615,7 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
                 "asi_bases": {n: m._bases for n, m in lance_layers.items() if hasattr(m, "_bases")},
                 "elapsed": run.elapsed + time.perf_counter() - start_time, "commits": run.commits,
                 "cpu_elapsed": _cpu_total(run.cpu_elapsed, cpu_start), "initial_norms": run.initial_norms,
-            }, dataclasses.asdict(cfg))
+            }, _identity(cfg, s))
     if bar:
         bar.close()
     if measured is None:  # resumed after the last epoch: measure once now

@@ -16,7 +16,7 @@ from typing import Any
 
 from lance.errors import LanceError
 
-__all__ = ["write_result", "write_atomic", "check_writable", "read_result", "load_results", "RESULTS_DIR"]
+__all__ = ["write_result", "write_atomic", "check_writable", "check_same_config", "read_result", "load_results", "RESULTS_DIR"]
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "data" / "results"
 
@@ -35,18 +35,21 @@ FILE_MODE = 0o644
 
 
 def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Fail now, before a run computes anything, if ``path`` cannot be written: its folder cannot
-    be created or written, or the file exists and ``overwrite`` is not set."""
+    """Fail now, before a run computes anything, if ``path`` cannot be written: a folder on its way
+    is a file, the nearest existing folder is not writable, or the file exists and ``overwrite``
+    is not set. Nothing is created."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise LanceError(f"{path} exists; pass --force (overwrite=True) to replace it, or change the config.")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=".write-check.", suffix=".tmp")
-    except OSError as err:
-        raise LanceError(f"cannot write to {path.parent} ({err.strerror or err}); pass another --out.") from None
-    os.close(fd)
-    os.unlink(probe)
+    if path.is_dir():
+        raise LanceError(f"{path} is a folder; pass the file to write.")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise LanceError(f"cannot write to {path.parent} ({parent} is a file, not a folder); choose another folder.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise LanceError(f"cannot write to {path.parent} ({parent} is not writable); choose another folder.")
     return path
 
 
@@ -78,10 +81,32 @@ def write_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = False)
 def write_result(path: str | os.PathLike, record: dict, *, overwrite: bool = False) -> Path:
     """Write ``record`` as JSON to ``path`` with :func:`write_atomic`: never over another file
     unless ``overwrite``; a failure leaves any earlier file untouched."""
+    if not isinstance(record, dict):
+        raise LanceError(f"a result record is a dict with config, metrics and provenance, got {type(record).__name__}.")
     for key in ("config", "metrics", "provenance"):
         if key not in record:
             raise LanceError(f"a result record needs a {key!r} section.")
-    return write_atomic(path, json.dumps(_clean(record), indent=1, sort_keys=False) + "\n", overwrite=overwrite)
+    try:
+        text = json.dumps(_clean(record), indent=1, sort_keys=False) + "\n"
+    except (TypeError, ValueError) as err:
+        raise LanceError(f"the record cannot be written as JSON ({err}); convert tensors and arrays to numbers "
+                         "or lists first.") from None
+    return write_atomic(path, text, overwrite=overwrite)
+
+
+def check_same_config(path: str | os.PathLike, config: dict, ignore: tuple = ()) -> None:
+    """A result file at ``path`` counts as "done already" only when it holds ``config``: one of
+    another configuration under the same name is reported instead of being taken for this one."""
+    try:
+        stored = read_result(path).get("config", {})
+    except (OSError, ValueError) as err:
+        raise LanceError(f"{path} exists but cannot be read ({type(err).__name__}); pass --force to replace it.") from None
+    plain = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    diffs = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in config.items()
+             if k not in ignore and k in stored and plain(stored[k]) != plain(v)]
+    if diffs:
+        raise LanceError(f"{path} holds a run of another configuration ({'; '.join(diffs[:3])}); pass --force to "
+                         "replace it, or --out another folder.")
 
 
 def read_result(path: str | os.PathLike) -> dict:
