@@ -110,3 +110,25 @@ def test_a_second_builder_waits_for_the_first_and_reuses_its_cache(tmp_path, mon
     monkeypatch.setattr(lance.experiments.locks.time, "sleep", lambda s: pytest.fail("waited for a dead process"))
     stale.build(lambda i: images[list(i)], prefix, batch_size=4, progress=False)
     assert stale.complete and not (stale.dir / "build.lock").exists()
+
+
+@pytest.mark.parametrize("damage", ["meta", "objects", "short"])
+def test_a_damaged_feature_cache_is_refused_in_one_line(damage, tmp_path):
+    import json
+
+    import numpy as np
+
+    from lance.errors import LanceError
+    from lance.experiments.cache import FeatureCache
+
+    cache = FeatureCache(tmp_path, {"k": 1}, 4, flips=False)
+    cache.dir.mkdir(parents=True)
+    if damage == "meta":
+        cache.meta_path.write_text("{not json")
+    else:
+        rows = 4 if damage == "objects" else 2
+        data = np.empty(rows, dtype=object) if damage == "objects" else np.zeros((rows, 3), np.float32)
+        np.save(cache.data_path, data, allow_pickle=True)
+        cache.meta_path.write_text(json.dumps({"key": {"k": 1}, "done": 4}))
+    with pytest.raises(LanceError, match="damaged|holds"):
+        cache.load()

@@ -290,3 +290,13 @@ def test_calibration_files_without_their_checksum_or_model_are_refused(tmp_path)
         lance.compress(model, cal, factory=lambda m, lc: 42)
     with pytest.raises(lance.LanceError, match="compress_batch must be True or False"):
         lance.calibrate(model, random_batches((2, 3, 5, 5)), ["0"], compress_batch="False")
+
+
+def test_calibration_save_to_a_path_it_cannot_write(tmp_path):
+    model = _conv_model()
+    cal = lance.calibrate(model, random_batches((2, 3, 5, 5)), ["0"])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(lance.LanceError, match="cannot write to"):
+        cal.save(tmp_path / "file" / "c.pt")
+    with pytest.raises(lance.LanceError, match="is a folder"):
+        cal.save(tmp_path)

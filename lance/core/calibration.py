@@ -260,7 +260,12 @@ class Calibration:
             state["model"] = model_fingerprint(model)
         path = os.fspath(path)
         directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
+        if os.path.isdir(path):
+            raise LanceError(f"{path} is a folder; pass the file to write the calibration to.")
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as err:
+            raise LanceError(f"cannot write to {directory} ({err.strerror}); choose another folder.") from None
         fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
         os.close(fd)
         try:

@@ -383,6 +383,7 @@ def compress(model: nn.Module, calibration: Calibration, layers: Optional[Sequen
     ``layers`` restricts the swap to some of the calibrated layers. Raises
     :class:`CalibrationMismatchError` if a layer differs from the one that was calibrated.
     """
+    check_model(model)
     if not isinstance(calibration, Calibration):
         raise LanceError(f"compress needs a lance.Calibration (from lance.calibrate), got {type(calibration).__name__}.")
     names = list(calibration.names if layers is None else layers)

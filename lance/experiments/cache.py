@@ -124,7 +124,14 @@ class FeatureCache:
 
     def _meta(self) -> dict:
         if self.meta_path.exists():
-            return json.loads(self.meta_path.read_text())
+            try:
+                meta = json.loads(self.meta_path.read_text())
+            except (OSError, ValueError):
+                meta = None
+            if not isinstance(meta, dict):
+                raise LanceError(f"the feature cache's {self.meta_path} is damaged; delete {self.dir} (it is "
+                                 "built again) or pass another --cache-dir.")
+            return meta
         return {}
 
     def _write_meta(self, meta: dict) -> None:
@@ -186,7 +193,15 @@ class FeatureCache:
     def load(self) -> np.ndarray:
         if not self.complete:
             raise LanceError(f"the feature cache in {self.dir} is incomplete; build it first.")
-        return np.load(self.data_path, mmap_mode="r")
+        try:
+            features = np.load(self.data_path, mmap_mode="r")  # allow_pickle stays False: no objects are read
+        except (OSError, ValueError) as err:
+            raise LanceError(f"the feature cache {self.data_path} is damaged ({str(err).splitlines()[0][:80]}); "
+                             f"delete {self.dir} (it is built again) or pass another --cache-dir.") from None
+        if features.dtype != np.float32 or len(features) != self.n or (self.flips and features.shape[1] != 2):
+            raise LanceError(f"the feature cache {self.data_path} holds {features.dtype} {features.shape}, not the "
+                             f"{self.n} float32 samples its key names; delete {self.dir} (it is built again).")
+        return features
 
     def batch(self, features: np.ndarray, indices: Sequence[int], flips: Optional[Sequence[int]] = None) -> Tensor:
         """The cached inputs of the suffix for ``indices`` (with flip choice 0/1 per sample)."""

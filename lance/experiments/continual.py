@@ -319,6 +319,8 @@ def continual(config: ContinualConfig, *, out_dir: Optional[os.PathLike] = None,
     from lance.experiments.provenance import provenance
     from lance.experiments.results import write_result
 
+    if not isinstance(config, ContinualConfig):
+        raise LanceError(f"continual needs a ContinualConfig, got {type(config).__name__}.")
     c = config.validate()
     name = cl_result_name(c)
     if out_dir is not None:  # before any data is loaded

@@ -554,6 +554,26 @@ def _record(cfg: FinetuneConfig, s: _Setup, run: _RunState, table, lance_layers,
     return record
 
 
+def _start(cfg, out_dir, checkpoint_dir, overwrite: bool, device):
+    """What is checked before anything is computed: the config, the device, the output paths
+    (``overwrite`` removes an old checkpoint). Returns the device and the two paths."""
+    from lance.experiments.results import check_writable
+
+    if not isinstance(cfg, FinetuneConfig):
+        raise LanceError(f"finetune needs a FinetuneConfig, got {type(cfg).__name__}.")
+    validate(cfg)  # fields changed after construction are checked too
+    dev = resolve_device(device)  # a missing GPU is refused before anything else
+    out_path = Path(out_dir) / result_name(cfg) if out_dir else None
+    if out_path is not None:
+        check_writable(out_path, overwrite=overwrite)
+    ckpt_path = Path(checkpoint_dir) / (result_name(cfg)[:-5] + ".pt") if checkpoint_dir else None
+    if ckpt_path is not None:
+        check_writable(ckpt_path, overwrite=True)
+        if overwrite:
+            ckpt_path.unlink(missing_ok=True)
+    return dev, out_path, ckpt_path
+
+
 def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=None, out_dir=None,
              checkpoint_dir=None, progress: bool = True, overwrite: bool = False, log=print,
              device: str = "cpu") -> dict:
@@ -567,23 +587,12 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
     prefix, calibration, the compressed layers, the baselines and evaluation.
     """
     from lance.experiments.provenance import provenance
-    from lance.experiments.results import check_writable, write_result
+    from lance.experiments.results import write_result
 
-    if not isinstance(cfg, FinetuneConfig):
-        raise LanceError(f"finetune needs a FinetuneConfig, got {type(cfg).__name__}.")
-    validate(cfg)  # fields changed after construction are checked too
-    dev = resolve_device(device)  # a missing GPU is refused before anything else
+    dev, out_path, ckpt_path = _start(cfg, out_dir, checkpoint_dir, overwrite, device)
     start_time = time.perf_counter()
     started = provenance(config=dataclasses.asdict(cfg), seed=cfg.seed)  # the code that runs is today's
     started["device"] = device_name(dev)
-    out_path = Path(out_dir) / result_name(cfg) if out_dir else None
-    if out_path is not None:  # before any data is loaded
-        check_writable(out_path, overwrite=overwrite)
-    ckpt_path = Path(checkpoint_dir) / (result_name(cfg)[:-5] + ".pt") if checkpoint_dir else None
-    if ckpt_path is not None:
-        check_writable(ckpt_path, overwrite=True)
-        if overwrite:
-            ckpt_path.unlink(missing_ok=True)
     torch.manual_seed(cfg.seed)
     s = _prepare(cfg, data_dir, weights_dir, cache_dir, progress, dev)
     calib, ranks = _phase_one(cfg, s)

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from lance.errors import DivergedError, LanceError
 from lance.experiments.checkpoints import load_checkpoint, save_checkpoint, save_weights
-from lance.experiments.config import (finite_float, non_negative, one_of, option, positive, positive_float, span,
-                                     validate)
+from lance.experiments.config import (finite_float, non_negative, one_of, option, positive, positive_float, seed_value,
+                                     span, validate)
 
 __all__ = ["PretrainConfig", "pretrain", "checkpoint_name", "record_path"]
 
@@ -41,18 +41,30 @@ def _dataset_names():
     return tuple(DATASETS)
 
 
+def _classes(name: str, value) -> None:
+    if value is None:
+        raise LanceError("classes must be two whole numbers FIRST END (split A), got None.")
+    span(name, value)
+
+
+def _resolution(name: str, value) -> None:
+    positive(name, value)
+    if value < 8:
+        raise LanceError(f"resolution must be at least 8 px (the random crops pad by 4/32 of the side), got {value}.")
+
+
 @dataclass
 class PretrainConfig:
     model: str = option("resnet18", "network trained from scratch", one_of(_model_names))
     dataset: str = option("cifar100", "dataset", one_of(_dataset_names))
-    classes: tuple[int, int] = option((0, 50), "split A: train on classes [FIRST, END)", span)
-    resolution: int = option(64, "input size in px", positive)
+    classes: tuple[int, int] = option((0, 50), "split A: train on classes [FIRST, END)", _classes)
+    resolution: int = option(64, "input size in px (at least 8: the crops pad by 4/32 of the side)", _resolution)
     # from scratch at 64 px: already hours for ResNet18 on one CPU core
     epochs: int = option(15, "training epochs", positive)
     batch_size: int = option(128, "batch size", positive)
     lr: float = option(0.1, "peak learning rate of the one-cycle schedule", positive_float)
     weight_decay: float = option(5e-4, "weight decay", finite_float)
-    seed: int = option(0, "seed", non_negative)
+    seed: int = option(0, "seed", seed_value)
     train_limit: int = option(0, "use only this many images of split A (0: all)", non_negative)
 
     def __post_init__(self):
@@ -135,6 +147,9 @@ def pretrain(cfg: PretrainConfig, *, data_dir=None, out_dir: str | os.PathLike =
                              [:cfg.train_limit].sort().values)
     if not isinstance(train.images, torch.Tensor):
         raise LanceError("pretraining reads in-memory datasets (CIFAR, MNIST family); this one is file-based.")
+    if len(train.labels) < cfg.batch_size:
+        raise LanceError(f"{len(train.labels)} training images are fewer than one batch of {cfg.batch_size}; lower "
+                         "--batch-size or raise --train-limit.")
     torch.manual_seed(cfg.seed)
     model = models.build(cfg.model, num_classes=len(wanted), pretrained=False)
     steps = len(train.labels) // cfg.batch_size
@@ -184,6 +199,10 @@ def record_path(results_dir: Path, name: str, digest: str) -> Path:
     from lance.experiments.results import read_result
 
     plain = results_dir / f"{name}.json"
-    if not plain.exists() or read_result(plain).get("metrics", {}).get("weights_sha256") == digest:
+    if not plain.exists():
         return plain
-    return results_dir / f"{name}_{digest[:8]}.json"
+    try:
+        same = read_result(plain).get("metrics", {}).get("weights_sha256") == digest
+    except (OSError, ValueError, AttributeError):  # unreadable: kept as it is, this record goes beside it
+        same = False
+    return plain if same else results_dir / f"{name}_{digest[:8]}.json"

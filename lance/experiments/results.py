@@ -58,7 +58,10 @@ def write_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = False)
     ``overwrite`` the file is claimed exclusively (a hard link, which fails if the name exists):
     of two writers of the same file, the second gets a :class:`LanceError` and the first file
     stays whole. With ``overwrite`` it is replaced atomically."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise LanceError(f"the path to write must be a str or a Path, got {type(path).__name__}.")
     path = Path(path)
+    check_writable(path, overwrite=True)  # a file on the way, a folder at the name: one line, nothing written
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
