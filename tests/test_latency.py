@@ -138,5 +138,8 @@ def test_cli_writes_a_result_file_and_never_silently_overwrites(tmp_path, capsys
     on_disk = json.loads(out.read_text())
     assert on_disk["config"]["trials"] == 1 and on_disk["config"]["methods"] == ["bp", "lance"]
     assert len(on_disk["metrics"]["results"]) == 2 and on_disk["provenance"]["commit"]
-    assert main(argv) == 1 and "--force" in capsys.readouterr().out
+    capsys.readouterr()
+    assert main(argv) == 2  # refused before anything is measured
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "exists; pass --force" in err
     assert main(argv + ["--force"]) == 0
