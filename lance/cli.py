@@ -53,10 +53,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     out = run_benchmark(cfg, device=args.device)
     print()
     print(format_report(out))
-    if args.out:
-        if args.out.exists() and not args.force:
-            print(f"not overwriting {args.out}: pass --force to replace it")
-            return 1
+    if args.out:  # main() refused an existing --out without --force before the benchmark ran
         write_atomic(args.out, json.dumps(out, indent=2) + "\n", overwrite=True)
         print(f"wrote {args.out}")
     return 0
@@ -153,9 +150,6 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     from lance.experiments.latency import LatencyConfig, format_latency, result_record, run_latency
     from lance.experiments.results import write_result
 
-    if args.out and args.out.exists() and not args.force:
-        print(f"not overwriting {args.out}: pass --force to replace it")
-        return 1
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(LatencyConfig)
               if getattr(args, f.name, None) is not None}
     record = run_latency(LatencyConfig(**values), data_dir=args.data_dir, weights_dir=args.weights_dir,

@@ -24,17 +24,13 @@ from lance.analysis.accounting import MIB, activation_memory, measured_bytes, sa
 from lance.core.calibration import calibrate
 from lance.analysis.methods import apply_method, ranks_of
 from lance.errors import LanceError
-from lance.experiments.config import fraction, non_negative, one_of, option, positive, validate
+from lance.experiments.config import (fraction, model_names, non_negative, one_of, option, positive,
+                                     validate)
 from lance.experiments.device import synchronize
 from lance.experiments.cache import split_model
 from lance.core.selection import head_name, set_trainable, trainable_layers
 
 __all__ = ["BenchmarkConfig", "run_benchmark", "format_report"]
-
-
-def _model_names():
-    from lance.models.zoo import MODEL_NAMES
-    return MODEL_NAMES
 
 
 def _counts(name: str, value) -> None:
@@ -46,7 +42,7 @@ def _counts(name: str, value) -> None:
 
 @dataclass
 class BenchmarkConfig:
-    model: str = option("resnet18", "network", one_of(_model_names))
+    model: str = option("resnet18", "network", one_of(model_names))
     resolution: int = option(0, "input size in px (0: the model's native resolution)", non_negative)
     batch_size: int = option(128, "batch size", positive)
     energy: float = option(0.7, "LANCE's energy threshold", fraction)

@@ -18,10 +18,10 @@ from typing import Any, Optional
 import torch
 
 from lance.errors import LanceError
+from lance.experiments.results import FILE_MODE  # results and checkpoints alike: 0644
 
 __all__ = ["save_checkpoint", "load_checkpoint", "save_weights", "safe_load", "FILE_MODE"]
 
-FILE_MODE = 0o644  # results and checkpoints are readable by everyone who can read the folder
 
 
 def safe_load(path: str | os.PathLike, what: str = "file") -> Any:

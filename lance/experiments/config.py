@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from lance.errors import LanceError
 
-__all__ = ["option", "validate", "add_options", "given_options", "positive", "non_negative", "positive_float", "finite_float", "fraction",
+__all__ = ["option", "validate", "add_options", "given_options", "model_names", "dataset_names", "positive", "non_negative", "positive_float", "finite_float", "fraction",
            "one_of", "flag", "seed_value", "text", "span", "help_of"]
 
 Check = Callable[[str, Any], None]
@@ -29,6 +29,18 @@ def option(default: Any, help: str, check: Optional[Check] = None) -> Any:
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def model_names() -> tuple[str, ...]:
+    """The networks the zoo builds (for a ``one_of`` check; read when a config is checked)."""
+    from lance.models.zoo import MODEL_NAMES
+    return MODEL_NAMES
+
+
+def dataset_names() -> tuple[str, ...]:
+    """The datasets the catalogue knows."""
+    from lance.data.catalog import DATASETS
+    return tuple(DATASETS)
 
 
 def help_of(cls, name: str) -> str:

@@ -32,9 +32,8 @@ from lance.core.calibration import calibrate
 from lance.errors import DivergedError, LanceError
 from lance.experiments.checkpoints import load_checkpoint, safe_load, save_checkpoint
 from lance.experiments.device import device_name, resolve_device
-from lance.experiments.config import (finite_float, flag, fraction, non_negative, one_of, option, positive, seed_value,
-                                     span,
-                                     validate)
+from lance.experiments.config import (dataset_names, finite_float, flag, fraction, model_names, non_negative,
+                                     one_of, option, positive, seed_value, span, validate)
 from lance.analysis.fidelity import gradient_angle
 from lance.core.layers import compressed_layers, exact_backward
 from lance.core.selection import head_name, set_trainable, trainable_layers
@@ -43,16 +42,6 @@ __all__ = ["FinetuneConfig", "PROFILES", "finetune", "result_name", "METHODS", "
 
 
 DEFAULT_LR = 0.05  # the paper's (Table 4)
-
-
-def _model_names():
-    from lance.models.zoo import MODEL_NAMES
-    return MODEL_NAMES
-
-
-def _dataset_names():
-    from lance.data.catalog import DATASETS
-    return tuple(DATASETS)
 
 
 def _pretrained(name: str, value) -> None:
@@ -64,8 +53,8 @@ def _pretrained(name: str, value) -> None:
 class FinetuneConfig:
     """One fine-tuning run. Defaults follow the paper (Table 4) and the authors' script."""
 
-    model: str = option("mobilenet_v2", "network", one_of(_model_names))
-    dataset: str = option("cifar100", "dataset to fine-tune on", one_of(_dataset_names))
+    model: str = option("mobilenet_v2", "network", one_of(model_names))
+    dataset: str = option("cifar100", "dataset to fine-tune on", one_of(dataset_names))
     method: str = option("lance", "bp | hosvd | asi | lance", one_of(METHODS))
     layers: int = option(2, "the last n conv layers are trained, plus the classifier head", positive)
     energy: float = option(0.7, "LANCE's energy threshold (Eq. 3); also fixes ASI's ranks", fraction)

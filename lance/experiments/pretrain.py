@@ -25,20 +25,10 @@ import torch.nn.functional as F
 
 from lance.errors import DivergedError, LanceError
 from lance.experiments.checkpoints import load_checkpoint, save_checkpoint, save_weights
-from lance.experiments.config import (finite_float, non_negative, one_of, option, positive, positive_float, seed_value,
-                                     span, validate)
+from lance.experiments.config import (dataset_names, finite_float, model_names, non_negative, one_of, option,
+                                     positive, positive_float, seed_value, span, validate)
 
 __all__ = ["PretrainConfig", "pretrain", "checkpoint_name", "record_path"]
-
-
-def _model_names():
-    from lance.models.zoo import MODEL_NAMES
-    return MODEL_NAMES
-
-
-def _dataset_names():
-    from lance.data.catalog import DATASETS
-    return tuple(DATASETS)
 
 
 def _classes(name: str, value) -> None:
@@ -55,8 +45,8 @@ def _resolution(name: str, value) -> None:
 
 @dataclass
 class PretrainConfig:
-    model: str = option("resnet18", "network trained from scratch", one_of(_model_names))
-    dataset: str = option("cifar100", "dataset", one_of(_dataset_names))
+    model: str = option("resnet18", "network trained from scratch", one_of(model_names))
+    dataset: str = option("cifar100", "dataset", one_of(dataset_names))
     classes: tuple[int, int] = option((0, 50), "split A: train on classes [FIRST, END)", _classes)
     resolution: int = option(64, "input size in px (at least 8: the crops pad by 4/32 of the side)", _resolution)
     # from scratch at 64 px: already hours for ResNet18 on one CPU core
