@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Optional
 from lance.errors import LanceError
 
 __all__ = ["option", "validate", "add_options", "given_options", "model_names", "dataset_names", "positive", "non_negative", "positive_float", "finite_float", "fraction",
-           "one_of", "flag", "seed_value", "text", "span", "help_of"]
+           "one_of", "flag", "seed_value", "text", "span"]
 
 Check = Callable[[str, Any], None]
 
@@ -41,11 +41,6 @@ def dataset_names() -> tuple[str, ...]:
     """The datasets the catalogue knows."""
     from lance.data.catalog import DATASETS
     return tuple(DATASETS)
-
-
-def help_of(cls, name: str) -> str:
-    """The help text of field ``name`` of the configuration class ``cls``."""
-    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
 
 
 def validate(cfg: Any) -> Any:
