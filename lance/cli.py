@@ -119,27 +119,22 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+# the sweep's grid: each a list on the command line, one value per run
+_GRID = {"model": "models", "method": "methods", "layers": "layers", "batch_size": "batch_sizes",
+         "energy": "energies", "calibration_batches": "calibration_batches", "seed": "seeds", "lr": "lrs"}
+
+
 def _sweep_config(args: argparse.Namespace, model, layers, bs, energy, n_cal, seed, lr, method):
+    from lance.experiments.config import given_options
     from lance.experiments.finetune import PROFILES, FinetuneConfig
 
-    values = dict(PROFILES[args.profile], model=model, dataset=args.dataset, method=method, layers=layers,
-                  batch_size=bs, seed=seed, energy=energy)
+    fixed = {k: v for k, v in given_options(args, FinetuneConfig).items() if k not in _GRID}
+    values = dict(PROFILES[args.profile], **fixed, model=model, method=method, layers=layers, batch_size=bs,
+                  seed=seed, energy=energy)
     if lr is not None:
         values["lr"] = lr
     if n_cal:
         values["calibration_batches"] = n_cal
-    if args.epochs:
-        values["epochs"] = args.epochs
-    if args.classes:  # the split protocol (Table 1)
-        values["classes"] = tuple(args.classes)
-    if args.pretrained:
-        values["pretrained"] = args.pretrained
-    if args.resolution:
-        values["resolution"] = args.resolution
-    if not args.compress_batch:
-        values["compress_batch"] = False
-    if args.skip_depthwise:
-        values["skip_depthwise"] = True
     return FinetuneConfig(**values)
 
 
@@ -367,30 +362,24 @@ def _parser_finetune(commands) -> None:
 
 
 def _parser_sweep(commands) -> None:
+    from lance.experiments.config import add_options
+    from lance.experiments.finetune import FinetuneConfig
+
     p = commands.add_parser("sweep", help="run many fine-tuning configurations, skipping finished ones")
     p.add_argument("--profile", default="paper", choices=["smoke", "book", "paper"])
     p.add_argument("--models", nargs="+", default=["mcunet-in2"])
-    p.add_argument("--dataset", default="cifar100")
     p.add_argument("--methods", nargs="+", default=["lance", "bp", "asi", "hosvd"])
     p.add_argument("--layers", type=int, nargs="+", default=[2, 4])
     p.add_argument("--batch-sizes", dest="batch_sizes", type=int, nargs="+", default=[128])
     p.add_argument("--energies", type=float, nargs="+", default=[0.7])
     p.add_argument("--calibration-batches", dest="calibration_batches", type=int, nargs="+", default=[0],
                    help="numbers of calibration batches (0: the profile's)")
-    p.add_argument("--epochs", type=int, default=0, help="override the profile's epochs")
-    p.add_argument("--no-compress-batch", dest="compress_batch", action="store_false",
-                   help="leave the batch mode uncompressed (the paper projects it too)")
     p.add_argument("--seeds", type=int, nargs="+", default=[42])
-    p.add_argument("--skip-depthwise", dest="skip_depthwise", action="store_true",
-                   help="the authors' selection: the last n convolutions with groups == 1 (depthwise ones stay frozen)")
     p.add_argument("--lrs", type=float, nargs="+", default=None,
                    help="learning rates (default: the paper's 0.05)")
-    p.add_argument("--classes", type=int, nargs=2, metavar=("FIRST", "END"), default=None,
-                   help="fine-tune on classes [FIRST, END) (the split protocol)")
-    p.add_argument("--pretrained", default=None, help="'imagenet' (default) or a state_dict file from "
-                   "`python -m lance pretrain`")
-    p.add_argument("--resolution", type=int, default=0, help="input size (default: the model's native)")
-    p.add_argument("--data-dir", default=None)
+    # every other field of a fine-tuning run: one value for the whole sweep, its default in the dataclass
+    add_options(p, FinetuneConfig, exclude=_GRID, metavars={"classes": ("FIRST", "END")})
+    p.add_argument("--data-dir", default=None, help="datasets directory (default: $LANCE_DATA_DIR)")
     p.add_argument("--weights-dir", default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--out", type=Path, default=Path("data/results/finetune"))

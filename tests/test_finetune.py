@@ -127,6 +127,30 @@ def test_the_authors_selection_trains_no_depthwise_convolution(cache_dir):
     assert set(rec["metrics"]["weight_norm_initial"]) == trained  # only these layers (and the head) train
 
 
+def test_without_flips_the_epochs_see_the_same_order_and_no_flipped_image():
+    from lance.experiments.finetune import _epoch_plan
+
+    flipped, plain = _epoch_plan(300, 32, 42, 3), _epoch_plan(300, 32, 42, 3, flip=False)
+    assert [o.tolist() for o, _ in flipped] == [o.tolist() for o, _ in plain]
+    assert sum(int(f.sum()) for _, f in flipped) > 0 and all(int(f.sum()) == 0 for _, f in plain)
+    assert "_noflip" in result_name(_cfg("bp", flip=False)) and "flip" not in result_name(_cfg("bp"))
+
+
+def test_a_table_selects_no_probe_of_another_optimiser_size_or_augmentation():
+    import pandas as pd
+
+    from lance.book import tables
+
+    runs = pd.DataFrame([{"config.model": "mcunet-in2", "config.dataset": "cifar100", "config.batch_size": 128,
+                          "config.train_limit": 0, "config.classes": None, "config.energy": 0.7,
+                          "config.calibration_batches": 100, "config.lr": 0.05, **change}
+                         for change in ({}, {"config.optimizer": "table4"}, {"config.flip": False},
+                                        {"config.resolution": 96}, {"config.optimizer": "script", "config.flip": True,
+                                                                    "config.resolution": 0})])
+    assert tables.paper_setting(runs).tolist() == [True, False, False, False, True]
+    assert tables.paper_setting(runs, resolution=96).tolist() == [False, False, False, True, False]
+
+
 def test_a_learning_rate_other_than_the_papers_is_part_of_the_result_name():
     assert "lr" not in result_name(_cfg("lance"))
     assert "_lr0.01_" in result_name(_cfg("lance", lr=0.01))

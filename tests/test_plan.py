@@ -48,6 +48,12 @@ def test_a_run_is_done_only_with_a_full_result_file_of_its_settings(tmp_path):
     assert newly == {"Seeds 123 and 456: MCUNet, CIFAR-100", "The authors' layer selection (depthwise frozen)"}
     assert again[again.done].group.value_counts()["Table 2: CIFAR-100, ImageNet weights"] == 1
     assert (status[~status.done]["result files"] == "missing").all()
+    # a probe of MCUNet's accuracy (another optimiser, no flips, another size) counts for its probe only
+    for name, change in (("h", {"optimizer": "table4"}), ("i", {"flip": False}), ("j", {"resolution": 96})):
+        write_result(tmp_path / "finetune" / f"{name}.json", _finetune(method="bp", layers=4, epochs=10, **change))
+    probed = plan_status(tmp_path)
+    newly = probed[probed.done & ~probed.setting.isin(again[again.done].setting)]
+    assert set(newly.group) == {"MCUNet's accuracy: one setting changed (10 epochs)"} and len(newly) == 3
 
 
 def test_a_latency_file_from_before_the_solver_option_counts_as_the_gram_run(tmp_path):
@@ -142,3 +148,17 @@ def test_the_plan_size_counts_cpu_and_gpu_hours_from_the_result_files(tmp_path):
     assert row["hours left (estimate)"] == pytest.approx(1.5 * (row["planned"] - 2))  # the done ones' pace
     text = plan_size_markdown(table)
     assert ":name: tbl-plan-size" in text and "1.0 of the hours were spent on GPUs" in text
+
+
+def test_a_sweep_takes_every_fine_tuning_field_once_for_all_its_runs():
+    import dataclasses
+
+    from lance.cli import _GRID, _sweep_config
+    from lance.experiments.finetune import FinetuneConfig
+
+    args = build_parser().parse_args(shlex.split(
+        "sweep --models mcunet-in2 --methods bp --layers 4 --optimizer table4 --no-flip --resolution 96 --epochs 10"))
+    cfg = _sweep_config(args, "mcunet-in2", 4, 128, 0.7, 0, 42, None, "bp")
+    assert (cfg.optimizer, cfg.flip, cfg.resolution, cfg.epochs) == ("table4", False, 96, 10)
+    options = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["sweep"]._actions}
+    assert {f.name for f in dataclasses.fields(FinetuneConfig)} - set(_GRID) <= options

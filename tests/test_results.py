@@ -332,3 +332,16 @@ def test_configurations_that_differ_only_where_the_readable_name_is_silent_get_d
     # the weights' folder is not part of the identity, their file name is
     assert (ft.result_name(dataclasses.replace(base, pretrained="/elsewhere/a.pt"))
             == ft.result_name(dataclasses.replace(base, pretrained="_build/weights/a.pt")))
+
+
+def test_a_checkpoint_from_before_a_new_field_resumes_only_at_the_fields_default(tmp_path):
+    from lance.errors import LanceError
+    from lance.experiments.checkpoints import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "run.pt"
+    save_checkpoint(path, {"epoch": 3}, {"lr": 0.05})  # written before "flip" existed
+    assert load_checkpoint(path, {"lr": 0.05, "flip": True}, defaults={"flip": True})["epoch"] == 3
+    with pytest.raises(LanceError, match="flip"):
+        load_checkpoint(path, {"lr": 0.05, "flip": False}, defaults={"flip": True})
+    with pytest.raises(LanceError, match="flip"):  # without the defaults, a missing field is a difference
+        load_checkpoint(path, {"lr": 0.05, "flip": True})

@@ -176,7 +176,7 @@ def claims(finetune=None, continual=None, latency: Optional[dict] = None):
     continual = tables.continual_results() if continual is None else continual
     latency = load_latency() if latency is None else latency
     table2 = tables.finetune_table(finetune, dataset="cifar100")
-    table1 = tables.finetune_table(finetune, dataset="cifar100", classes=(50, 100), paper_table="1",
+    table1 = tables.finetune_table(finetune, dataset="cifar100", classes=(50, 100), resolution=64, paper_table="1",
                                    paper_dataset="imagenet-split-b")
     rows = [_memory_row(table2, "mcunet-in2", "MCUNet"), _memory_row(table2, "mobilenet_v2", "MobileNetV2"),
             _gap_row(table2, "mcunet-in2", "MCUNet", "CIFAR-100, Table 2"),

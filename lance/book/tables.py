@@ -52,6 +52,23 @@ def paper_lr(results):
     return (results["config.lr"].fillna(DEFAULT_LR) - DEFAULT_LR).abs() < 1e-12
 
 
+def _unprobed(results, resolution: int = 0):
+    """Runs at input size ``resolution`` (0: the model's native one) with the authors' script's
+    optimiser and random flips: not one of the probes of MCUNet's accuracy (chapter 3)."""
+    return ((_value(results, "config.resolution", 0) == resolution)
+            & (_value(results, "config.optimizer", "script") == "script")
+            & _value(results, "config.flip", True).astype(bool))
+
+
+def _value(results, column: str, default):
+    """A config column, ``default`` where a file predates it."""
+    import pandas as pd
+
+    if column not in results:
+        return pd.Series(default, index=results.index)
+    return results[column].where(results[column].notna(), default)
+
+
 def _flag(results, column: str):
     """A boolean config column, False where a file predates it."""
     import pandas as pd
@@ -63,14 +80,15 @@ def _flag(results, column: str):
 
 def paper_setting(results, dataset: str = "cifar100", batch_size: int = 128, classes=None, energy: float = 0.7,
                   calibration_batches: int = 100, any_lr: bool = False, compress_batch: bool = True,
-                  skip_depthwise: bool = False):
+                  skip_depthwise: bool = False, resolution: int = 0):
     """True for the runs of ``results`` in the paper's fine-tuning setting: the whole training
     set of ``dataset`` (or the split protocol's ``classes`` ``[first, end)``), ``batch_size``,
     energy threshold ``energy``, ``calibration_batches``, the batch mode projected
     (``compress_batch``), the same n layers for every method (unless ``skip_depthwise``: the
     authors' LANCE selection, which leaves depthwise convolutions frozen) and the paper's learning
-    rate (unless ``any_lr``). The tables, the front page and the chapters select runs with this
-    one function."""
+    rate (unless ``any_lr``), the authors' script's optimiser, random flips, and input size
+    ``resolution`` (0: the model's native one). The tables, the front page and the chapters
+    select runs with this one function."""
     wanted = None if classes is None else list(classes)
     same_classes = results["config.classes"].map(lambda c: (None if c is None else list(c)) == wanted)
     projected = batch_compressed(results)
@@ -79,7 +97,7 @@ def paper_setting(results, dataset: str = "cifar100", batch_size: int = 128, cla
             & ((results["config.energy"] - energy).abs() < 1e-9)
             & (results["config.calibration_batches"] == calibration_batches)
             & (projected if compress_batch else ~projected)
-            & (_flag(results, "config.skip_depthwise") == skip_depthwise))
+            & (_flag(results, "config.skip_depthwise") == skip_depthwise) & _unprobed(results, resolution))
     return mask if any_lr else mask & paper_lr(results)
 
 
@@ -194,15 +212,15 @@ def split_weights(results, pretrained):
 
 def finetune_table(results, dataset: str = "cifar100", batch_size: int = 128, paper_table: str = "2",
                    paper_dataset: Optional[str] = None, classes: Optional[tuple[int, int]] = None,
-                   energy: float = 0.7, calibration_batches: int = 100):
+                   energy: float = 0.7, calibration_batches: int = 100, resolution: int = 0):
     """One row per (model, method, layers, epochs): our accuracy (the mean over seeds, and its
     standard deviation ``acc sd`` when there are several), MB and TFLOPs beside the paper's, with
     the epochs and seeds behind ours. ``results`` is :func:`finetune_results`'s
     table; ``classes`` selects the split-protocol runs that fine-tuned on classes
     ``[first, end)`` (``None``: runs on the whole dataset). Only runs of the given energy
     threshold and number of calibration batches count (the paper's table setting; the ablations
-    have :func:`ablation_table`), and runs on a slice of the training set (``train_limit``) are
-    left out."""
+    have :func:`ablation_table`) at input size ``resolution`` (0: the model's native one), and
+    runs on a slice of the training set (``train_limit``) are left out."""
     import pandas as pd
 
     paper = paper_finetuning()
@@ -211,7 +229,7 @@ def finetune_table(results, dataset: str = "cifar100", batch_size: int = 128, pa
     rows = []
     if len(results):
         sel = results[paper_setting(results, dataset=dataset, batch_size=batch_size, classes=classes, energy=energy,
-                                    calibration_batches=calibration_batches)]
+                                    calibration_batches=calibration_batches, resolution=resolution)]
         keys = ["config.model", "config.method", "config.layers", "config.epochs"]
         for (model, method, layers, epochs), grp in sel.groupby(keys):
             p = paper[(paper.model == PAPER_MODEL_NAMES.get(model, model)) & (paper.method == method)
@@ -328,7 +346,8 @@ def ablation_table(results, model: str = "mcunet-in2", dataset: str = "cifar100"
     sel = results[(results["config.model"] == model) & (results["config.dataset"] == dataset)
                   & (results["config.layers"] == layers) & (results["config.batch_size"] == batch_size)
                   & (results["config.train_limit"] == 0) & plain & batch_compressed(results) & paper_lr(results)
-                  & ~_flag(results, "config.skip_depthwise")]  # the authors' selection is its own experiment
+                  & ~_flag(results, "config.skip_depthwise")  # the authors' selection is its own experiment
+                  & _unprobed(results)]
     bp = sel[sel["config.method"] == "bp"].groupby("config.epochs")
     rows = []
     keys = ["config.energy", "config.calibration_batches", "config.epochs"]

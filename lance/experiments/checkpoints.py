@@ -67,10 +67,11 @@ def save_weights(path: str | os.PathLike, state_dict: dict) -> Path:
     return _save_atomic(state_dict, Path(path))
 
 
-def _differences(stored: dict, config: dict) -> list[str]:
+def _differences(stored: dict, config: dict, defaults: dict) -> list[str]:
     keys = list(config) + [k for k in stored if k not in config]
-    return [f"{k}: {stored.get(k)!r} there, {config.get(k)!r} now" for k in keys
-            if _plain(stored.get(k)) != _plain(config.get(k))]
+    # a field added since the checkpoint was written had its default value then
+    return [f"{k}: {stored.get(k, defaults.get(k))!r} there, {config.get(k)!r} now" for k in keys
+            if _plain(stored.get(k, defaults.get(k))) != _plain(config.get(k))]
 
 
 def _plain(value: Any) -> Any:
@@ -79,16 +80,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def load_checkpoint(path: Optional[str | os.PathLike], config: dict) -> Optional[dict]:
+def load_checkpoint(path: Optional[str | os.PathLike], config: dict,
+                    defaults: Optional[dict] = None) -> Optional[dict]:
     """The state saved at ``path`` for ``config``, or None when there is no checkpoint. A
-    checkpoint of another configuration, or one without its configuration, is refused."""
+    checkpoint of another configuration, or one without its configuration, is refused; a key
+    of ``config`` that the checkpoint lacks (a field added since) is taken at its value in
+    ``defaults``."""
     if path is None or not Path(path).exists():
         return None
     saved = safe_load(path, "checkpoint")
     if not isinstance(saved, dict) or "config" not in saved:
         raise LanceError(f"checkpoint {path} does not record its configuration, so it cannot be told apart from "
                          "another run's; delete it, or pass --force to start the run afresh.")
-    diffs = _differences(saved["config"], config)
+    diffs = _differences(saved["config"], config, defaults or {})
     if diffs:
         raise LanceError(f"checkpoint {path} was written for another configuration ({'; '.join(diffs[:3])}); "
                          "pass --force to start afresh, or delete it.")

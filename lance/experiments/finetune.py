@@ -67,6 +67,7 @@ class FinetuneConfig:
     calibration_batches: int = option(100, "Phase I batches (LANCE and ASI)", positive)
     compress_batch: bool = option(True, "project the batch mode too (the paper's choice)", flag)
     seed: int = option(42, "seed of the head, the data order and the flips", seed_value)
+    flip: bool = option(True, "random horizontal flips of the training images (the paper's only augmentation)", flag)
     resolution: int = option(0, "input size in px (0: the model's native resolution)", non_negative)
     classes: Optional[tuple[int, int]] = option(None, "fine-tune on classes [FIRST, END) only (split protocol)", span)
     pretrained: str = option("imagenet", "'imagenet' or the path of a state_dict (split-protocol pretraining)",
@@ -118,6 +119,8 @@ def result_name(cfg: FinetuneConfig) -> str:
         parts.append("nobatch")
     if cfg.skip_depthwise:
         parts.append("nodw")
+    if not cfg.flip:
+        parts.append("noflip")
     rest = _unnamed(cfg)
     if rest:  # what the readable part leaves out, as a short hash: another config never gets this name
         parts.append("x" + hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8])
@@ -253,10 +256,12 @@ def _evaluate(model: nn.Module, cache: FeatureCache, feats, labels: torch.Tensor
     return 100.0 * correct / len(labels)
 
 
-def _epoch_plan(n: int, batch_size: int, seed: int, epoch: int):
+def _epoch_plan(n: int, batch_size: int, seed: int, epoch: int, flip: bool = True):
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(n, generator=g)
     flips = torch.randint(0, 2, (n,), generator=g)
+    if not flip:  # the same order as with flips; every image as it is
+        flips.zero_()
     steps = n // batch_size  # the last incomplete batch is dropped (fixed batch factor)
     return [(order[i * batch_size:(i + 1) * batch_size], flips[order[i * batch_size:(i + 1) * batch_size]])
             for i in range(steps)]
@@ -363,7 +368,7 @@ def _phase_one(cfg: FinetuneConfig, s: _Setup):
         return None, {}
     tc, tfeats, tlabels = s.train
     n_cal = cfg.calibration_batches if cfg.method in ("lance", "asi") else 1
-    plan = _epoch_plan(len(tlabels), cfg.batch_size, cfg.seed, epoch=-1)
+    plan = _epoch_plan(len(tlabels), cfg.batch_size, cfg.seed, epoch=-1, flip=cfg.flip)
     if len(plan) < n_cal:
         raise LanceError(f"--calibration-batches {n_cal} needs {n_cal} batches of {cfg.batch_size}, but the "
                          f"{len(tlabels)} training images give {len(plan)}; lower it or raise --train-limit.")
@@ -405,7 +410,7 @@ def _identity(cfg: FinetuneConfig, s: _Setup) -> dict:
 
 
 def _resume(ckpt_path, cfg: FinetuneConfig, s: _Setup, opt, sched, run: _RunState, log) -> None:
-    saved = load_checkpoint(ckpt_path, _identity(cfg, s))
+    saved = load_checkpoint(ckpt_path, _identity(cfg, s), defaults=dataclasses.asdict(FinetuneConfig()))
     if saved is None:
         return
     try:
@@ -454,7 +459,7 @@ def _train_epoch(cfg: FinetuneConfig, s: _Setup, opt, sched, epoch: int, bar=Non
     script = cfg.optimizer == "script"
     t0, c0 = time.perf_counter(), time.process_time()
     losses, correct, seen, angles, measured = [], 0, 0, {}, None
-    for step, (idx, fl) in enumerate(_epoch_plan(len(tlabels), cfg.batch_size, cfg.seed, epoch)):
+    for step, (idx, fl) in enumerate(_epoch_plan(len(tlabels), cfg.batch_size, cfg.seed, epoch, flip=cfg.flip)):
         x, y = tc.batch(tfeats, idx, fl).to(s.device, non_blocking=True), tlabels[idx].to(s.device)
         if step == 0:
             if measure:
