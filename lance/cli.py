@@ -164,7 +164,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from lance.experiments.pretrain import PretrainConfig, checkpoint_name, pretrain
     from lance.experiments.results import check_same_config
 
+    from lance.experiments.device import resolve_device
+
     cfg = PretrainConfig(**given_options(args, PretrainConfig))
+    resolve_device(args.device)  # a missing GPU: one line, before the lock and the data
     name = checkpoint_name(cfg)
     result, weights = Path(args.results) / f"{name}.json", Path(args.out) / f"{name}.pt"
     if result.exists() and weights.exists() and not args.force:
@@ -176,7 +179,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         print(f"{name} is being pretrained by another process; not started here", flush=True)
         return 0
     try:
-        record = pretrain(cfg, data_dir=args.data_dir, out_dir=args.out, results_dir=args.results)
+        record = pretrain(cfg, data_dir=args.data_dir, out_dir=args.out, results_dir=args.results,
+                          device=args.device)
     finally:
         lock.unlink(missing_ok=True)
     print(f"{cfg.model} on {cfg.dataset} classes {cfg.classes}: {record['metrics']['accuracy']:.2f} %, "
@@ -201,6 +205,9 @@ def _cmd_continual(args: argparse.Namespace) -> int:
     from lance.data.tasks import build_benchmark
     from lance.experiments.continual import ContinualConfig, cl_result_name, continual, profile_settings
 
+    from lance.experiments.device import resolve_device
+
+    resolve_device(args.device)  # a missing GPU: one line now, not after the benchmark is built
     if args.threads:
         torch.set_num_threads(args.threads)
     benchmark = None
@@ -232,7 +239,7 @@ def _cmd_continual(args: argparse.Namespace) -> int:
         try:
             record = continual(cfg, benchmark=benchmark, out_dir=None if args.no_save else args.out,
                                checkpoint_dir=None if args.no_save else args.checkpoint_dir,
-                               progress=not args.no_progress, overwrite=args.force)
+                               progress=not args.no_progress, overwrite=args.force, device=args.device)
         finally:
             lock.unlink(missing_ok=True)
         m = record["metrics"]
@@ -248,8 +255,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     needs it), each command once."""
     from lance.errors import LanceError
     from lance.experiments.engine import run_commands
+    from lance.experiments.device import resolve_device
     from lance.experiments.plan import group_summary, load_plan, plan_status
 
+    if args.run and args.executor == "local":
+        resolve_device(args.device)  # a missing GPU: one line, before anything runs
     if args.results and Path(args.results).exists() and not Path(args.results).is_dir():
         raise LanceError(f"--results {args.results} is not a folder; pass the folder that holds finetune/, "
                          "continual/, ... (default: the project's data/results).")
@@ -271,6 +281,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         for row in rows.itertuples():
             print(f"  {'done   ' if row.done else 'missing'} {row.setting}")
     commands = list(dict.fromkeys(status[~status.done].command))
+    if args.device != "cpu":  # every planned command computes, and each takes --device
+        commands = [f"{c} --device {args.device}" for c in commands]
     if not args.run:
         if commands:
             print("\nto run the missing ones (add --run to run them here, in this order):")
@@ -428,6 +440,7 @@ def _parser_pretrain(commands) -> None:
     p.add_argument("--out", default="_build/weights", help="where the state_dict goes (never committed)")
     p.add_argument("--results", default="data/results/pretrain", help="where the result file goes")
     p.add_argument("--force", action="store_true", help="train again although the result and weights exist")
+    _device_option(p)
     p.set_defaults(func=_cmd_pretrain)
 
 
@@ -456,6 +469,7 @@ def _parser_continual(commands) -> None:
     p.add_argument("--test-limit", dest="test_limit", type=int)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     _run_options(p, "data/results/continual", "_build/checkpoints/continual")
+    _device_option(p)
     p.set_defaults(func=_cmd_continual)
 
 
@@ -475,6 +489,8 @@ def _parser_plan(commands) -> None:
     p.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's default)")
     p.add_argument("--time-min", dest="time_min", type=int, default=24 * 60, help="time limit per job, minutes")
     p.add_argument("--gpus", type=int, default=0, help="GPUs per job (SLURM)")
+    p.add_argument("--device", default="cpu", help="passed on to every command it runs: auto, cpu, cuda or cuda:N "
+                   "(default: cpu; checked here for the local executor, on the nodes for SLURM)")
     p.set_defaults(func=_cmd_plan)
 
 

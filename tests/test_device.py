@@ -36,12 +36,16 @@ def test_unknown_devices_are_refused(name, message):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 @pytest.mark.parametrize("name", ["cuda", "cuda:1"])
-def test_a_missing_gpu_is_refused_in_one_line(name, capsys):
+@pytest.mark.parametrize("command", ["finetune", "sweep", "pretrain", "continual", "latency", "benchmark"])
+def test_a_missing_gpu_is_refused_in_one_line_by_every_command_that_computes(command, name, capsys, tmp_path):
     from lance.cli import main
 
-    assert main(["finetune", "--device", name, "--out", "/nonexistent/never-written"]) == 2
+    out = ["--out", str(tmp_path / "out")] if command != "benchmark" else []
+    before = set(tmp_path.rglob("*"))
+    assert main([command, "--device", name, *out]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: device") and "no CUDA GPU" in err and err.count("\n") == 1
+    assert set(tmp_path.rglob("*")) == before  # nothing written
 
 
 def _created_on_cpu(tree: ast.AST) -> list[int]:

@@ -88,6 +88,8 @@ def test_hours_spent_and_the_estimate_for_the_missing_runs(tmp_path):
 def test_every_planned_command_is_a_valid_command_line(run):
     args = build_parser().parse_args(shlex.split(run.command)[3:])  # after "python -m lance"
     assert args.func.__name__.endswith(run.command.split()[3])
+    # plan --device cuda passes the device on: every planned command takes it
+    assert build_parser().parse_args(shlex.split(run.command)[3:] + ["--device", "cuda:1"]).device == "cuda:1"
 
 
 def test_status_page_lists_the_missing_runs_with_their_commands(tmp_path):

@@ -155,6 +155,11 @@ class ContinualMemory:
     def state_dict(self) -> dict:
         return {"bases": dict(self.bases), "history": list(self.history), "space": self.space}
 
+    def to(self, device) -> "ContinualMemory":
+        """The bases moved to ``device`` (in place; returns the memory)."""
+        self.bases = {name: None if m is None else m.to(device) for name, m in self.bases.items()}
+        return self
+
     @classmethod
     def from_state_dict(cls, state: dict) -> "ContinualMemory":
         return cls(dict(state["bases"]), list(state["history"]), state.get("space", "feature"))

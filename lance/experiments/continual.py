@@ -312,21 +312,24 @@ def _training_memory(model: ContinualNet, layers: list[str], input_shape, batch_
 # --------------------------------------------------------------------------------------
 def continual(config: ContinualConfig, *, out_dir: Optional[os.PathLike] = None, data_dir=None,
               checkpoint_dir: Optional[os.PathLike] = None, progress: bool = False,
-              benchmark: Optional[Benchmark] = None, overwrite: bool = False) -> dict:
-    """Run one continual-learning experiment; returns the result record (and writes it under
-    ``out_dir`` when given). ``benchmark`` may be passed already built (it must match
+              benchmark: Optional[Benchmark] = None, overwrite: bool = False,
+              device: str | torch.device = "cpu") -> dict:
+    """Run one continual-learning experiment on ``device``; returns the result record (and writes
+    it under ``out_dir`` when given). ``benchmark`` may be passed already built (it must match
     ``config.benchmark`` and the limits). ``overwrite`` replaces a result and starts afresh."""
+    from lance.experiments.device import device_name, resolve_device
     from lance.experiments.provenance import provenance
     from lance.experiments.results import write_result
 
     if not isinstance(config, ContinualConfig):
         raise LanceError(f"continual needs a ContinualConfig, got {type(config).__name__}.")
     c = config.validate()
+    dev = resolve_device(device)  # a missing GPU is refused before any data is loaded
     name = cl_result_name(c)
     if out_dir is not None:  # before any data is loaded
         check_writable(Path(out_dir) / name, overwrite=overwrite)
     start = time.time()
-    started = provenance(c, seed=c.seed)  # the code that runs is the code at the start
+    started = {**provenance(c, seed=c.seed), "device": device_name(dev)}  # the code at the start
     if benchmark is None:
         benchmark = build_benchmark(c.benchmark, data_dir=data_dir, val_fraction=c.val_fraction, seed=c.data_seed,
                                     train_limit=c.train_limit, test_limit=c.test_limit)
@@ -334,10 +337,10 @@ def continual(config: ContinualConfig, *, out_dir: Optional[os.PathLike] = None,
         raise LanceError(f"the benchmark passed is {benchmark.name!r} but the config names {c.benchmark!r}.")
     if c.tasks > len(benchmark.tasks):
         raise LanceError(f"--tasks {c.tasks}: {c.benchmark} has {len(benchmark.tasks)} tasks here.")
-    tasks = benchmark.tasks[:c.tasks] if c.tasks else benchmark.tasks
+    tasks = [_on_device(t, dev) for t in (benchmark.tasks[:c.tasks] if c.tasks else benchmark.tasks)]
     model_name = c.model or DEFAULT_MODEL[c.benchmark]
     model = build_cl_model(model_name, [t.classes for t in tasks], benchmark.input_shape,
-                           shared_head=benchmark.shared_head, seed=c.seed)
+                           shared_head=benchmark.shared_head, seed=c.seed).to(dev)
     layers = model.layers() + (["heads.0"] if model.shared_head else [])
     memory = ContinualMemory(space="patch" if c.method == "gpm" else "feature") \
         if c.method in ("lance", "gpm") else None
@@ -345,6 +348,7 @@ def continual(config: ContinualConfig, *, out_dir: Optional[os.PathLike] = None,
     if ckpt is not None and overwrite:
         ckpt.unlink(missing_ok=True)  # --force: from scratch
     state, memory = _resume(ckpt, c, model, memory, started["commit"])
+    memory = None if memory is None else memory.to(dev)  # a checkpoint loads onto the CPU
     _learn_sequence(model, tasks, layers, c, benchmark, memory, state, ckpt, progress)
     record = _record(c, model_name, layers, tasks, benchmark, memory, state, started)
     record["provenance"]["wall_time_this_process_s"] = time.time() - start
@@ -353,6 +357,14 @@ def continual(config: ContinualConfig, *, out_dir: Optional[os.PathLike] = None,
         if ckpt is not None and ckpt.exists():
             ckpt.unlink()
     return record
+
+
+def _on_device(task, device: torch.device):
+    """``task`` with its images and labels on ``device`` (the task itself when already there)."""
+    if device.type == "cpu":
+        return task
+    move = lambda pair: tuple(v.to(device) for v in pair)  # noqa: E731
+    return dataclasses.replace(task, train=move(task.train), val=move(task.val), test=move(task.test))
 
 
 def _resume(ckpt, c: ContinualConfig, model: ContinualNet, memory, commit: str):
@@ -484,7 +496,7 @@ def _train_multitask(model: ContinualNet, tasks, layers, c: ContinualConfig, ben
     gen = torch.Generator().manual_seed(c.seed)
     x = torch.cat([t.train[0] for t in tasks])
     y = torch.cat([t.train[1] for t in tasks])
-    tid = torch.cat([torch.full((len(t.train[1]),), i) for i, t in enumerate(tasks)])
+    tid = torch.cat([torch.full((len(t.train[1]),), i, device=y.device) for i, t in enumerate(tasks)])
     params = _trainable(model, 0, layers, "multitask")
     info: dict = {"task": "all", "name": "multitask"}
     info["memory"] = _training_memory(model, layers, benchmark.input_shape, c.batch_size, None, None,

@@ -93,12 +93,15 @@ def _batches(images: torch.Tensor, labels: torch.Tensor, cfg: PretrainConfig, ep
         yield normalize(x), labels[idx]
 
 
-def _epoch(model, opt, sched, train, test, cfg: PretrainConfig, epoch: int) -> dict:
-    """One epoch of training, then the test accuracy; a NaN loss stops the run."""
+def _epoch(model, opt, sched, train, test, cfg: PretrainConfig, epoch: int,
+           device: torch.device = torch.device("cpu")) -> dict:
+    """One epoch of training, then the test accuracy; a NaN loss stops the run. The batches are
+    drawn on the CPU (the same crops and flips on every device) and moved to ``device``."""
     t0 = time.perf_counter()
     model.train()
     losses = []
     for step, (x, y) in enumerate(_batches(train.images, train.labels, cfg, epoch, train=True)):
+        x, y = x.to(device, non_blocking=True), y.to(device)
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), y)
         if not torch.isfinite(loss):
@@ -112,22 +115,25 @@ def _epoch(model, opt, sched, train, test, cfg: PretrainConfig, epoch: int) -> d
     correct = 0
     with torch.no_grad():
         for x, y in _batches(test.images, test.labels, cfg, epoch, train=False):
-            correct += int((model(x).argmax(1) == y).sum())
+            correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
     return {"epoch": epoch + 1, "train_loss": sum(losses) / len(losses),
             "test_acc": 100.0 * correct / len(test.labels), "seconds": time.perf_counter() - t0}
 
 
 def pretrain(cfg: PretrainConfig, *, data_dir=None, out_dir: str | os.PathLike = "_build/weights",
              results_dir: Optional[str | os.PathLike] = "data/results/pretrain", progress: bool = True,
-             log=print) -> dict:
-    """Train ``cfg.model`` from scratch on classes ``cfg.classes`` of ``cfg.dataset``; returns the
-    result record (the state_dict goes to ``out_dir/<name>.pt``; never committed)."""
+             log=print, device: str | torch.device = "cpu") -> dict:
+    """Train ``cfg.model`` from scratch on classes ``cfg.classes`` of ``cfg.dataset`` on ``device``;
+    returns the result record (the state_dict goes to ``out_dir/<name>.pt``, saved from the CPU;
+    never committed)."""
     from lance import data
     from lance.models import zoo as models
+    from lance.experiments.device import device_name, resolve_device
     from lance.experiments.provenance import provenance
     from lance.experiments.results import write_result
 
-    started = provenance(config=dataclasses.asdict(cfg), seed=cfg.seed)
+    dev = resolve_device(device)  # a missing GPU is refused before any data is read
+    started = {**provenance(config=dataclasses.asdict(cfg), seed=cfg.seed), "device": device_name(dev)}
     t_start = time.perf_counter()
     wanted = list(range(*cfg.classes))
     train = data.split_classes(data.load(cfg.dataset, "train", data_dir), wanted)
@@ -141,7 +147,7 @@ def pretrain(cfg: PretrainConfig, *, data_dir=None, out_dir: str | os.PathLike =
         raise LanceError(f"{len(train.labels)} training images are fewer than one batch of {cfg.batch_size}; lower "
                          "--batch-size or raise --train-limit.")
     torch.manual_seed(cfg.seed)
-    model = models.build(cfg.model, num_classes=len(wanted), pretrained=False)
+    model = models.build(cfg.model, num_classes=len(wanted), pretrained=False).to(dev)
     steps = len(train.labels) // cfg.batch_size
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
@@ -158,7 +164,7 @@ def pretrain(cfg: PretrainConfig, *, data_dir=None, out_dir: str | os.PathLike =
         history, first, before = state["history"], state["epoch"], state.get("elapsed", 0.0)
         log(f"resumed {ckpt.name} after epoch {first}")
     for epoch in range(first, cfg.epochs):
-        history.append(_epoch(model, opt, sched, train, test, cfg, epoch))
+        history.append(_epoch(model, opt, sched, train, test, cfg, epoch, dev))
         if progress:
             log(f"epoch {epoch + 1}/{cfg.epochs}: loss {history[-1]['train_loss']:.3f}, "
                 f"test {history[-1]['test_acc']:.2f} % ({history[-1]['seconds']:.0f} s)")
@@ -166,7 +172,7 @@ def pretrain(cfg: PretrainConfig, *, data_dir=None, out_dir: str | os.PathLike =
                                "scheduler": sched.state_dict(), "history": history, "epoch": epoch + 1,
                                "elapsed": before + time.perf_counter() - t_start}, dataclasses.asdict(cfg))
     weights = out_dir / f"{name}.pt"
-    save_weights(weights, model.state_dict())
+    save_weights(weights, {k: v.cpu() for k, v in model.state_dict().items()})
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     record = {
         "config": dataclasses.asdict(cfg),
