@@ -17,6 +17,25 @@ def test_verdict_for_gap_follows_the_stated_tolerances(ours, paper, verdict):
     assert glance.verdict_for_gap(ours, paper) == verdict
 
 
+@pytest.mark.parametrize("spreads, verdict", [([float("nan"), float("nan")], "partly"),  # one seed: the plain bounds
+                                              ([0.1, 0.3], "partly"),  # 2 sd = 0.6 does not cover 3.0 points
+                                              ([0.1, 1.6], "reproduced"),  # 2 sd = 3.2 covers 3.0 points
+                                              ([0.1, 3.0], "reproduced")])
+def test_a_difference_within_twice_its_seed_spread_is_not_counted_against_us(spreads, verdict):
+    assert glance.verdict_for_gap([5.0, 2.8], [4.9, 5.8], spreads) == verdict
+    assert glance.verdict_for_gap([5.0, -10.0], [4.9, 5.8], spreads[:1] + [3.0]) == "not reproduced"  # 15.8 > 6
+
+
+def test_a_gap_with_several_seeds_is_shown_as_mean_and_spread():
+    rows = pd.DataFrame([{"model": "m", "method": meth, "layers": n, "epochs": 50, "acc": acc, "acc sd": sd,
+                          "seeds": seeds, "acc (paper)": paper}
+                         for meth, n, acc, sd, seeds, paper in [("bp", 2, 64.0, 0.3, 3, 52.0), ("lance", 2, 59.0, 0.4, 3, 47.0),
+                                                                ("bp", 4, 67.0, float("nan"), 1, 58.0),
+                                                                ("lance", 4, 64.0, float("nan"), 1, 52.0)]])
+    row = glance._gap_row(rows, "m", "M", "Table 2")
+    assert row["ours"] == "5.0 ± 0.5 / 3.0 points (3 / 1 seeds)"  # sqrt(0.3^2 + 0.4^2) = 0.5
+
+
 def test_without_result_files_every_claim_is_not_run_here():
     table = glance.claims(pd.DataFrame(), pd.DataFrame(), {})
     assert set(table.verdict) == {"not run here"}

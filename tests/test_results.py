@@ -345,3 +345,57 @@ def test_a_checkpoint_from_before_a_new_field_resumes_only_at_the_fields_default
         load_checkpoint(path, {"lr": 0.05, "flip": False}, defaults={"flip": True})
     with pytest.raises(LanceError, match="flip"):  # without the defaults, a missing field is a difference
         load_checkpoint(path, {"lr": 0.05, "flip": True})
+
+
+def _run(method, layers, acc, *, model="mcunet-in2", epochs=50, seed=42, mb=1.0, ranks=None, **extra):
+    cfg = {"model": model, "dataset": "cifar100", "method": method, "layers": layers, "energy": 0.7,
+           "epochs": epochs, "batch_size": 128, "seed": seed, "classes": None, "train_limit": 0,
+           "calibration_batches": 100, **extra}
+    return {"config": cfg, "metrics": {"accuracy": acc, "activation_mb": mb, "activation_mb_measured": mb,
+                                       "train_tflops": 0.001, "ranks": ranks or {}, "resolution": 160},
+            "provenance": {"commit": "abc"}}
+
+
+def test_the_gap_has_the_spread_of_its_two_means_and_the_seed_table_one_column_per_seed(tmp_path):
+    from lance.book import tables
+
+    for i, (method, seed, acc) in enumerate([("bp", 42, 64.0), ("bp", 123, 66.0), ("lance", 42, 59.0),
+                                             ("lance", 123, 60.0), ("lance", 456, 61.0)]):
+        write_result(tmp_path / f"{i}.json", _run(method, 2, acc, seed=seed))
+    results = tables.finetune_results(tmp_path)
+    gap = tables.bp_lance_gap(tables.finetune_table(results), ["layers"]).iloc[0]
+    # BP: 65 ± sqrt(2); LANCE: 60 ± 1; the gap's spread sqrt(2 + 1), over the fewer seeds
+    assert gap.gap == pytest.approx(5.0) and gap["gap sd"] == pytest.approx(3 ** 0.5) and gap.seeds == 2
+    seeds = tables.seed_table(results).set_index("method")
+    assert seeds.loc["lance", ["seed 42", "seed 123", "seed 456"]].tolist() == [59.0, 60.0, 61.0]
+    assert seeds.loc["bp", "seed 42"] == 64.0 and seeds.loc["bp", "seed 456"] != seeds.loc["bp", "seed 456"]  # NaN
+    assert seeds.loc["lance", "acc sd"] == pytest.approx(1.0) and seeds.loc["bp", "seeds"] == 2
+
+
+def test_the_selection_table_sets_the_authors_layers_beside_ours_and_says_whose_memory_is_nearer(tmp_path):
+    from lance.book import tables
+
+    mib = 0.04e6 / 2 ** 20  # exactly the paper's MCUNet 2-layer LANCE memory (0.04 MB)
+    write_result(tmp_path / "a.json", _run("lance", 2, 59.0, mb=mib, ranks={"b.17.depth_conv": [1], "b.17.pl": [1]}))
+    write_result(tmp_path / "b.json", _run("lance", 2, 65.0, mb=3 * mib, skip_depthwise=True,
+                                           ranks={"b.17.inverted_bottleneck": [1], "b.17.pl": [1]}))
+    write_result(tmp_path / "c.json", _run("lance", 2, 61.0, seed=123, mb=mib))  # another seed: not compared
+    row = tables.selection_table(tables.finetune_results(tmp_path)).iloc[0]
+    assert (row["acc (ours)"], row["acc (authors)"], row["nearer the paper"]) == (59.0, 65.0, "ours")
+    assert "depth_conv" in row["ours: trained"] and "depth_conv" not in row["authors: trained"]
+    assert row["MB (paper)"] == 0.04
+
+
+def test_the_probe_table_names_the_one_setting_each_run_changes(tmp_path):
+    from lance.book import tables
+
+    write_result(tmp_path / "a.json", _run("bp", 4, 70.0, epochs=10))
+    write_result(tmp_path / "b.json", _run("bp", 4, 66.0, epochs=10, optimizer="table4"))
+    write_result(tmp_path / "c.json", _run("bp", 4, 69.0, epochs=10, flip=False))
+    write_result(tmp_path / "d.json", _run("bp", 4, 60.0, epochs=10, resolution=96))
+    write_result(tmp_path / "e.json", _run("bp", 4, 68.0, epochs=10, model="proxyless-w0.3"))
+    write_result(tmp_path / "f.json", _run("bp", 4, 99.0, epochs=50))  # not a 10-epoch probe
+    table = tables.probe_table(tables.finetune_results(tmp_path)).set_index("change")
+    assert table["vs unchanged"].to_dict() == {"none (Figure 3's BP run)": 0.0, "96 px": -10.0,
+                                               "checkpoint proxyless-w0.3": -2.0, "no flips": -1.0,
+                                               "plain SGD (Table 4)": -4.0}

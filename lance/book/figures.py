@@ -89,7 +89,8 @@ def latency_figure(record: dict, log_scale: bool = True):
 def tradeoff_figure(table):
     """Accuracy against activation memory for the rows of a fine-tuning table
     (:func:`lance.book.tables.finetune_table`): colour for the method, marker for the model;
-    ours filled, the paper's hollow."""
+    ours filled, the paper's hollow; a bar of ± one standard deviation over seeds where a row
+    has its ``acc sd``."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
@@ -103,6 +104,9 @@ def tradeoff_figure(table):
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for _, r in table.iterrows() if len(table) else []:
         ax.scatter(r["MB"], r["acc"], color=colour[r.method], marker=marker[r.model], s=40)
+        sd = r.get("acc sd", float("nan"))
+        if sd == sd and sd is not None:  # several seeds: their spread
+            ax.errorbar(r["MB"], r["acc"], yerr=sd, color=colour[r.method], capsize=3, lw=1)
         if r["MB (paper)"] == r["MB (paper)"] and r["MB (paper)"] is not None:
             ax.scatter(r["MB (paper)"], r["acc (paper)"], facecolors="none", edgecolors=colour[r.method],
                        marker=marker[r.model], s=40, linewidths=1.3)

@@ -8,7 +8,7 @@ from typing import Optional
 from lance.book.paper import PAPER_MODEL_NAMES, paper_finetuning
 from lance.experiments.results import RESULTS_DIR, load_results
 
-__all__ = ["finetune_results", "finetune_table", "batch_compressed", "paper_lr", "lr_table", "weight_norm_history",
+__all__ = ["finetune_results", "finetune_table", "seed_table", "selection_table", "probe_table", "batch_compressed", "paper_lr", "lr_table", "weight_norm_history",
            "split_weights", "bp_lance_gap", "memory_ratios", "paper_setting", "batch_mode_table", "lr_gaps",
            "continual_default_runs", "final_accuracies", "find_run", "angle_curves", "ablation_table", "continual_main",
            "continual_results", "continual_table", "memory_by_layer", "stored_activation_mb", "default_settings",
@@ -300,7 +300,11 @@ def lr_gaps(lr_runs, paper_table):
 def bp_lance_gap(table, by):
     """BP's accuracy minus LANCE's, ours (``gap``) and the paper's (``gap (paper)``, NaN unless the
     paper has both), for each group ``by`` (a list of columns) of a :func:`finetune_table`-like
-    table that has a BP and a LANCE row."""
+    table that has a BP and a LANCE row. ``gap sd`` is the gap's spread over seeds,
+    ``sqrt(sd_BP^2 + sd_LANCE^2)`` (NaN unless both have two seeds or more), and ``seeds`` the
+    fewer of the two methods' seed counts."""
+    import math
+
     import pandas as pd
 
     rows = []
@@ -308,9 +312,120 @@ def bp_lance_gap(table, by):
         g = grp.set_index("method")
         if {"bp", "lance"} <= set(g.index):
             paper = g.loc["bp", "acc (paper)"] - g.loc["lance", "acc (paper)"] if "acc (paper)" in g else float("nan")
+            sds = [g.loc[m, "acc sd"] if "acc sd" in g else float("nan") for m in ("bp", "lance")]
             rows.append({**dict(zip(by, key)), "gap": g.loc["bp", "acc"] - g.loc["lance", "acc"],
+                         "gap sd": math.sqrt(sds[0] ** 2 + sds[1] ** 2),  # NaN when either is
+                         "seeds": int(min(g.loc[m, "seeds"] for m in ("bp", "lance"))) if "seeds" in g else 1,
                          "gap (paper)": float("nan") if pd.isna(paper) else float(paper)})
-    return pd.DataFrame(rows, columns=list(by) + ["gap", "gap (paper)"])
+    return pd.DataFrame(rows, columns=list(by) + ["gap", "gap sd", "seeds", "gap (paper)"])
+
+
+def selection_table(results, dataset: str = "cifar100"):
+    """LANCE with our layer selection (the last n convolutions, depthwise ones included) beside
+    the authors' (the last n with ``groups == 1``), per (model, layers, epochs) that has a run of
+    the authors' selection: the layers each trains, accuracy and activation memory (MiB as
+    counted), beside the paper's LANCE accuracy and memory (its Table 2, in MB), and which of the
+    two memories is nearer the paper's."""
+    import pandas as pd
+
+    from lance.book.render import short_layer
+
+    cols = ["model", "layers", "epochs", "ours: trained", "authors: trained", "acc (ours)", "acc (authors)",
+            "acc (paper)", "MiB (ours)", "MiB (authors)", "MB (paper)", "nearer the paper"]
+    if not len(results):
+        return pd.DataFrame(columns=cols)
+    lance = results[results["config.method"] == "lance"]
+    runs = {flag: lance[paper_setting(lance, dataset=dataset, skip_depthwise=flag)] for flag in (False, True)}
+    paper = paper_finetuning()
+    paper = paper[(paper.table == "2") & (paper.dataset == dataset) & (paper.batch_size == 128)
+                  & (paper.method == "lance")]
+    rows = []
+    keys = ["config.model", "config.layers", "config.epochs"]
+    for (model, layers, epochs), theirs in runs[True].groupby(keys):
+        ours = runs[False]
+        mine = ours[(ours["config.model"] == model) & (ours["config.layers"] == layers)
+                    & (ours["config.epochs"] == epochs) & ours["config.seed"].isin(theirs["config.seed"])]  # same seeds
+        p = paper[(paper.model == PAPER_MODEL_NAMES.get(model, model)) & (paper.layers == layers)]
+        names = {k: list(g["metrics.ranks"].iloc[0]) if len(g) else [] for k, g in (("ours", mine), ("authors", theirs))}
+        mib = {k: float(g["metrics.activation_mb"].mean()) if len(g) else float("nan")
+               for k, g in (("ours", mine), ("authors", theirs))}
+        mb_paper = float(p.mb.iloc[0]) if len(p) else float("nan")
+        gaps = {k: abs(v * 2 ** 20 / 1e6 - mb_paper) for k, v in mib.items()}  # the paper's MB are 10^6 bytes
+        nearer = (min(gaps, key=gaps.get) if all(g == g for g in gaps.values()) and gaps["ours"] != gaps["authors"]
+                  else "the same" if names["ours"] == names["authors"] else "—")
+        rows.append({"model": model, "layers": int(layers), "epochs": int(epochs),
+                     "ours: trained": ", ".join(map(short_layer, names["ours"])),
+                     "authors: trained": ", ".join(map(short_layer, names["authors"])),
+                     "acc (ours)": mine["metrics.accuracy"].mean() if len(mine) else float("nan"),
+                     "acc (authors)": theirs["metrics.accuracy"].mean(),
+                     "acc (paper)": float(p.acc.iloc[0]) if len(p) else float("nan"),
+                     "MiB (ours)": mib["ours"], "MiB (authors)": mib["authors"], "MB (paper)": mb_paper,
+                     "nearer the paper": {"ours": "ours", "authors": "the authors'"}.get(nearer, nearer)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def probe_table(results, baseline: str = "mcunet-in2", layers: int = 4, epochs: int = 10,
+                dataset: str = "cifar100"):
+    """BP's accuracy with one setting of the MCUNet runs changed at a time (``layers`` layers,
+    ``epochs`` epochs, seed 42), beside the unchanged run: the checkpoint (the model zoo's other
+    MCUNet and ProxylessNAS nets, each at its native resolution), the optimiser (plain SGD, as the
+    paper's Table 4 prints it), the input resolution, and the flips (the only augmentation).
+    ``change`` says what differs; ``vs unchanged`` is the difference in points."""
+    import pandas as pd
+
+    cols = ["change", "model", "px", "optimizer", "flips", "acc", "vs unchanged"]
+    if not len(results):
+        return pd.DataFrame(columns=cols)
+    family = results["config.model"].str.startswith(("mcunet", "proxyless"))
+    sel = results[family & (results["config.method"] == "bp") & (results["config.layers"] == layers)
+                  & (results["config.epochs"] == epochs) & (results["config.dataset"] == dataset)
+                  & (results["config.batch_size"] == 128) & (results["config.train_limit"] == 0)
+                  & (results["config.seed"] == 42) & results["config.classes"].map(lambda c: c is None)
+                  & paper_lr(results) & ~_flag(results, "config.skip_depthwise")]
+    sel = sel.assign(optimizer=_value(sel, "config.optimizer", "script"),
+                     flips=_value(sel, "config.flip", True).astype(bool),
+                     asked_px=_value(sel, "config.resolution", 0).astype(int))
+    rows = []
+    for _, r in sel.iterrows():
+        changes = [f"checkpoint {r['config.model']}"] if r["config.model"] != baseline else []
+        changes += ["plain SGD (Table 4)"] if r.optimizer != "script" else []
+        changes += ["no flips"] if not r.flips else []
+        changes += [f"{r.asked_px} px"] if r.asked_px else []
+        rows.append({"change": ", ".join(changes) or "none (Figure 3's BP run)", "model": r["config.model"],
+                     "px": int(r["metrics.resolution"]) if r.get("metrics.resolution") == r.get("metrics.resolution")
+                     and r.get("metrics.resolution") is not None else r.asked_px, "optimizer": r.optimizer,
+                     "flips": "yes" if r.flips else "no", "acc": r["metrics.accuracy"]})
+    table = pd.DataFrame(rows, columns=cols[:-1])
+    if not len(table):
+        return pd.DataFrame(columns=cols)
+    base = table.loc[table.change.str.startswith("none"), "acc"]
+    table["vs unchanged"] = table.acc - (base.iloc[0] if len(base) else float("nan"))
+    order = table.change.str.startswith("none").map({True: 0, False: 1})
+    return table.assign(_o=order).sort_values(["_o", "change"]).drop(columns="_o").reset_index(drop=True)
+
+
+def seed_table(results, model: str = "mcunet-in2", epochs: int = 50, dataset: str = "cifar100"):
+    """One row per (method, layers) of ``model`` in the paper's setting at ``epochs``: the accuracy
+    of each seed (a column per seed, NaN where that seed has no run), their mean, standard
+    deviation and count, beside the paper's mean (the paper reports three seeds, 42, 123, 456)."""
+    import pandas as pd
+
+    cols = ["method", "layers", "seeds", "acc", "acc sd", "acc (paper)"]
+    if not len(results):
+        return pd.DataFrame(columns=cols)
+    sel = results[(results["config.model"] == model) & (results["config.epochs"] == epochs)
+                  & paper_setting(results, dataset=dataset)]
+    table = finetune_table(sel, dataset=dataset)
+    if not len(table):
+        return pd.DataFrame(columns=cols)
+    seeds = sorted(int(s) for s in sel["config.seed"].unique())
+    per_seed = sel.groupby(["config.method", "config.layers", "config.seed"])["metrics.accuracy"].mean()
+    rows = []
+    for _, r in table.iterrows():
+        rows.append({"method": r["method"], "layers": r["layers"],
+                     **{f"seed {s}": per_seed.get((r["method"], r["layers"], s), float("nan")) for s in seeds},
+                     "seeds": r["seeds"], "acc": r["acc"], "acc sd": r["acc sd"], "acc (paper)": r["acc (paper)"]})
+    return pd.DataFrame(rows)
 
 
 def memory_ratios(table):
