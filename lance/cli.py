@@ -201,6 +201,7 @@ def _cmd_continual(args: argparse.Namespace) -> int:
 
     import torch
 
+    from lance.experiments.config import given_options
     from lance.experiments.results import check_same_config
     from lance.data.tasks import build_benchmark
     from lance.experiments.continual import ContinualConfig, cl_result_name, continual, profile_settings
@@ -212,15 +213,11 @@ def _cmd_continual(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     benchmark = None
     for method in args.methods:
-        values = profile_settings(args.benchmark, args.profile)
-        for key in ("epochs", "energy", "calibration_batches", "tasks", "seed", "train_limit", "test_limit",
-                    "batch_size", "lr", "model", "threshold_base", "memory_examples"):
-            v = getattr(args, key)
-            if v is not None:
-                values[key] = v
-        if args.threshold_base is not None:  # the user's threshold replaces the benchmark's per-layer ones
-            values["layer_thresholds"] = ()
-        cfg = ContinualConfig(benchmark=args.benchmark, method=method, **values).validate()
+        given = given_options(args, ContinualConfig)
+        values = {**profile_settings(args.benchmark, args.profile), **given}
+        if "threshold_base" in given and "layer_thresholds" not in given:
+            values["layer_thresholds"] = ()  # the user's threshold replaces the benchmark's per-layer ones
+        cfg = ContinualConfig(**{**values, "method": method}).validate()
         name = cl_result_name(cfg)
         if (args.out / name).exists() and not args.force:
             check_same_config(args.out / name, dataclasses.asdict(cfg), ignore=("model",))
@@ -445,28 +442,18 @@ def _parser_pretrain(commands) -> None:
 
 
 def _parser_continual(commands) -> None:
+    from lance.experiments.config import add_options
+    from lance.experiments.continual import CL_METHODS, ContinualConfig
+
     p = commands.add_parser("continual", help="continual learning: LANCE / GPM / fine-tuning / multitask on a "
                             "benchmark; finished results are skipped")
-    p.add_argument("--benchmark", default="split_cifar100",
-                   choices=["split_cifar100", "permuted_mnist", "five_datasets", "split_miniimagenet"])
-    p.add_argument("--methods", nargs="+", default=["lance", "gpm", "finetune", "multitask"],
-                   choices=["lance", "gpm", "finetune", "multitask"])
+    p.add_argument("--methods", nargs="+", default=list(CL_METHODS), choices=list(CL_METHODS))
     p.add_argument("--profile", default="book", choices=["smoke", "book", "paper"],
                    help="smoke: 3 small tasks; book: every task, 10 epochs at most; paper: 200 epochs at most")
-    p.add_argument("--model", help="alexnet | resnet18_reduced | mlp (default: the benchmark's)")
-    p.add_argument("--epochs", type=int, help="at most this many epochs per task")
-    p.add_argument("--energy", type=float, help="LANCE's Phase I threshold for tasks 2.. (default 0.9)")
-    p.add_argument("--calibration-batches", dest="calibration_batches", type=int)
-    p.add_argument("--threshold", dest="threshold_base", type=float,
-                   help="memory threshold after task 1 (default 0.97; it grows by 0.003 per task)")
-    p.add_argument("--memory-examples", dest="memory_examples", type=int,
-                   help="training examples per memory update (default 125)")
-    p.add_argument("--tasks", type=int, help="only the first n tasks")
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--train-limit", dest="train_limit", type=int)
-    p.add_argument("--test-limit", dest="test_limit", type=int)
+    # every field of a run, its default and check in ContinualConfig; the benchmark's own settings and the
+    # profile fill in what is not given
+    add_options(p, ContinualConfig, exclude=("method",), names={"threshold_base": "--threshold"})
+    p.set_defaults(benchmark=ContinualConfig.benchmark)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     _run_options(p, "data/results/continual", "_build/checkpoints/continual")
     _device_option(p)

@@ -130,3 +130,30 @@ def test_grouped_conv_flops_by_hand():
     channels = 2 * r_b * r_c * 7 * 7 * 6
     wgrad = 2 * r_b * 6 * 7 * 7 * 1 * 3 * 3
     assert row.lance_bwd_flops == dy_proj + expand + channels + wgrad
+
+
+def test_the_papers_count_of_bp_is_forward_plus_weight_gradient_macs_and_gives_its_resnet_figures():
+    from lance.analysis.accounting import activation_memory, paper_convention_tmacs
+    from lance.core.selection import trainable_layers
+    from lance.models import zoo
+
+    # the paper's Table 1: BP on ResNet18's last 2 / 4 convolutions, ImageNet at 224 px, batch 128
+    model = zoo.build("resnet18", num_classes=1000, pretrained=False)
+    got = [paper_convention_tmacs(activation_memory(model, trainable_layers(model, n), (3, 224, 224), 128))
+           for n in (2, 4)]
+    assert [round(g, 3) for g in got] == [0.059, 0.090]
+    # by hand: layer4.1.conv1 and conv2, 512 -> 512, 3 x 3, 7 x 7 outputs; forward and weight gradient
+    assert got[0] * 1e12 == 2 * (2 * 512 * 512 * 9 * 49 * 128)
+
+
+def test_the_papers_hosvd_count_is_a_full_svd_of_every_unfolding_plus_the_forward():
+    from lance.analysis.accounting import activation_memory, paper_hosvd_tmacs
+    from lance.core.selection import trainable_layers
+    from lance.models import zoo
+
+    model = zoo.build("resnet18", num_classes=1000, pretrained=False)
+    table = activation_memory(model, trainable_layers(model, 2), (3, 224, 224), 128)
+    assert round(paper_hosvd_tmacs(table), 2) == 6.12  # the paper's Table 2, ResNet18, 2 layers
+    x = 128 * 512 * 7 * 7  # by hand: each layer's input (128, 512, 7, 7), four unfoldings
+    svd = sum(max(m, x // m) ** 2 * min(m, x // m) for m in (128, 512, 7, 7))
+    assert paper_hosvd_tmacs(table) * 1e12 == 2 * (svd + 512 * 512 * 9 * 49 * 128)

@@ -107,11 +107,15 @@ CONTINUAL = [
     (["--train-limit", "-1"], "train_limit must be a whole number >= 0"),
     (["--energy", "2"], r"energy must be in \(0, 1\]"),
     (["--batch-size", "0"], "batch_size must be a positive"),
-    (["--lr", "-0.1"], "need lr > 0"),
+    (["--lr", "-0.1"], "lr must be a finite number > 0"),
+    (["--lr-factor", "1"], "lr_factor must be a finite number > 1"),
+    (["--val-fraction", "1"], r"val_fraction must be in \[0, 1\)"),
+    (["--layer-thresholds", "0.9", "1.5"], r"layer_thresholds must be in \(0, 1\]"),
+    (["--benchmark", "nope"], "unknown benchmark 'nope'; choose one of"),
     (["--calibration-batches", "0"], "calibration_batches must be a positive"),
     (["--memory-examples", "0"], "memory_examples must be a positive"),
     (["--seed", "-4"], "seed must be a whole number"),
-    (["--model", "../x"], "model must be a plain name"),
+    (["--model", "../x"], "unknown model '../x'; choose one of alexnet"),
 ]
 LATENCY = [
     (["--batch-size", "0"], "batch_size must be an integer >= 1"),

@@ -259,9 +259,9 @@ def test_command_line_trial_run_leaves_nothing_behind(tmp_path, monkeypatch, cap
 
 
 def test_bad_input_is_explained():
-    with pytest.raises(LanceError, match="unknown continual method"):
+    with pytest.raises(LanceError, match="unknown method 'ewc'; choose one of lance, gpm"):
         ContinualConfig(method="ewc").validate()
-    with pytest.raises(LanceError, match="epochs must be a positive integer"):
+    with pytest.raises(LanceError, match="epochs must be a positive whole number"):
         ContinualConfig(epochs=0).validate()
     with pytest.raises(LanceError, match="unknown benchmark"):
         cl_benchmarks.build_benchmark("split_cifar10")

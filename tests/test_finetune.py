@@ -61,8 +61,15 @@ def test_result_record_has_the_agreed_keys_and_measured_memory(method, tmp_path,
     else:
         assert m["activation_mb"] < m["bp_activation_mb"]
         assert all(0 <= a < 180 for epoch in m["angle_deg"] for a in epoch.values())
+    if method != "hosvd":  # the paper's count: forward plus weight-gradient MACs, below ours (which adds dx)
+        assert 0 < m["train_tmacs_paper_convention"] < m["train_tflops"]
     if method == "hosvd":
         assert m["decomposition_tflops"] > 0
+        # its memory changes from step to step: the mean, the largest and the first batch's, each recorded
+        assert m["activation_mb_first"] <= m["activation_mb_max"] and m["activation_mb"] <= m["activation_mb_max"]
+        assert m["activation_mb_first"] == pytest.approx(m["activation_mb_measured"], rel=1e-6)
+    else:
+        assert "activation_mb_max" not in m
     with pytest.raises(lance.LanceError, match="exists"):
         finetune(_cfg(method), data_dir=DATA, cache_dir=cache_dir, out_dir=tmp_path, progress=False)
 

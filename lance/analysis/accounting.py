@@ -26,7 +26,7 @@ from lance.core.hosvd import projection_order
 from lance.core.layers import LanceLayer
 from lance.core.selection import resolve_layers
 
-__all__ = ["activation_memory", "saved_tensors", "measured_bytes", "layer_shapes", "MIB"]
+__all__ = ["activation_memory", "saved_tensors", "measured_bytes", "layer_shapes", "paper_convention_tmacs", "paper_hosvd_tmacs", "MIB"]
 
 MIB = 2 ** 20
 
@@ -82,7 +82,8 @@ def _layer_flops(kind: str, module: nn.Module, shapes: _Shapes, ranks: Optional[
     else:
         macs = prod(x[:-1]) * module.weight.shape[0] * x[-1]
     fwd = 2 * macs
-    row = {"bp_fwd_flops": fwd, "bp_bwd_flops": fwd * (2 if input_grad else 1)}
+    # the weight gradient alone (bwd without the input gradient): the paper counts forward plus this
+    row = {"bp_fwd_flops": fwd, "bp_bwd_flops": fwd * (2 if input_grad else 1), "bp_wgrad_flops": fwd}
     if ranks is None:
         return row
     # forward: the layer plus the projection of its input onto the factors
@@ -111,8 +112,29 @@ def _layer_flops(kind: str, module: nn.Module, shapes: _Shapes, ranks: Optional[
         bwd += f + 2 * module.weight.shape[0] * prod(core)
         if ranks[-1] is not None:
             bwd += 2 * module.weight.shape[0] * ranks[-1] * x[-1]
-    row.update(lance_fwd_flops=fwd + proj, lance_bwd_flops=bwd)
+    row.update(lance_fwd_flops=fwd + proj, lance_bwd_flops=bwd, lance_wgrad_flops=bwd - (fwd if input_grad else 0))
     return row
+
+
+def paper_convention_tmacs(table, method: str = "bp") -> float:
+    """The paper's count of a training iteration, in units of 10^12: forward MACs plus
+    weight-gradient MACs of the trained layers (its BP figures: ResNet18's last 2 convolutions
+    at 224 px and batch 128 give 0.059), from an :func:`activation_memory` table. ``method``
+    "lance" counts LANCE's forward (with the projection) and its weight gradient from the core."""
+    kind = "bp" if method == "bp" else "lance"
+    return float((table[f"{kind}_fwd_flops"] + table[f"{kind}_wgrad_flops"]).sum()) / 2 / 1e12
+
+
+def paper_hosvd_tmacs(table) -> float:
+    """The paper's count for per-step HOSVD (its 1.93 to 22.86 T), in units of 10^12: for each
+    trained layer, ``max(m, n)^2 * min(m, n)`` summed over the mode unfoldings (m x n) of its
+    input, plus its forward MACs, from an :func:`activation_memory` table. It counts no rank:
+    the same on every dataset, as the paper's tables are."""
+    total = 0
+    for shape, fwd in zip(table["input_shape"], table["bp_fwd_flops"]):
+        size = prod(shape)
+        total += sum(max(m, size // m) ** 2 * min(m, size // m) for m in shape) + fwd // 2
+    return total / 1e12
 
 
 def activation_memory(model: nn.Module, layers: Sequence[str], input_size: Sequence[int], batch_size: int,
@@ -120,9 +142,10 @@ def activation_memory(model: nn.Module, layers: Sequence[str], input_size: Seque
     """Analytic activation memory and FLOPs of training ``layers`` (paper App. C).
 
     One row per layer: ``layer``, ``type``, ``input_shape``, ``bp_bytes`` (the input that
-    plain backprop keeps for the weight gradient), ``bp_fwd_flops``, ``bp_bwd_flops``; with a
-    calibration also ``ranks``, ``core_shape``, ``lance_bytes`` (core plus factors),
-    ``lance_fwd_flops``, ``lance_bwd_flops`` and ``memory_ratio``. The backward counts the
+    plain backprop keeps for the weight gradient), ``bp_fwd_flops``, ``bp_bwd_flops`` (of which
+    ``bp_wgrad_flops`` is the weight gradient); with a calibration also ``ranks``,
+    ``core_shape``, ``lance_bytes`` (core plus factors), ``lance_fwd_flops``,
+    ``lance_bwd_flops`` (of which ``lance_wgrad_flops``) and ``memory_ratio``. The backward counts the
     input gradient for every layer except the earliest one (nothing before it trains).
     """
     import pandas as pd

@@ -36,6 +36,8 @@ class _PerStepStats:
     def _reset_stats(self) -> None:
         self.steps = 0
         self.stored_elements_sum = 0
+        self.stored_elements_max = 0
+        self.stored_elements_first: Optional[int] = None
         self.last_ranks: list[Optional[int]] = []
 
     def _record(self, shape, factors) -> None:
@@ -43,8 +45,12 @@ class _PerStepStats:
         core = 1
         for n, r in zip(shape, ranks):
             core *= n if r is None else r
+        stored = core + sum(f.numel() for f in factors if f is not None)
         self.steps += 1
-        self.stored_elements_sum += core + sum(f.numel() for f in factors if f is not None)
+        self.stored_elements_sum += stored
+        self.stored_elements_max = max(self.stored_elements_max, stored)
+        if self.stored_elements_first is None:
+            self.stored_elements_first = stored
         self.last_ranks = ranks
 
     @property

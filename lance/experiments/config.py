@@ -128,20 +128,22 @@ def _argument_type(hint: Any) -> tuple[Any, Optional[int]]:
     if typing.get_origin(hint) is typing.Union and len(args) == 1:
         return _argument_type(args[0])
     if typing.get_origin(hint) is tuple:
-        return args[0], len(args)
+        return args[0], ("+" if Ellipsis in args else len(args))
     return hint, None
 
 
-def add_options(parser, cls, *, exclude: Iterable[str] = (), metavars: Optional[dict] = None) -> None:
+def add_options(parser, cls, *, exclude: Iterable[str] = (), metavars: Optional[dict] = None,
+                names: Optional[dict] = None) -> None:
     """One command-line option per field of the configuration class ``cls``, named after the
-    field (``batch_size`` -> ``--batch-size``), with the field's help text and default: a
-    default lives in the dataclass only. A bool field that is on by default becomes
-    ``--no-NAME``, one that is off ``--NAME``. Every option defaults to None (given_options
-    leaves it out), so that a profile or the dataclass fills in what the user did not give."""
+    field (``batch_size`` -> ``--batch-size``; ``names`` gives another flag for a field), with
+    the field's help text and default: a default lives in the dataclass only. A bool field that
+    is on by default becomes ``--no-NAME``, one that is off ``--NAME``. Every option defaults to
+    None (given_options leaves it out), so that a profile or the dataclass fills in what the user
+    did not give."""
     import typing
 
     hints = typing.get_type_hints(cls)
-    metavars = metavars or {}
+    metavars, names = metavars or {}, names or {}
     for f in dataclasses.fields(cls):
         if f.name in exclude or "help" not in f.metadata:
             continue
@@ -155,8 +157,8 @@ def add_options(parser, cls, *, exclude: Iterable[str] = (), metavars: Optional[
             parser.add_argument(flag_name.replace("_", "-"), dest=f.name, action="store_const", const=not default,
                                 default=None, help=("turn off: " if default else "") + f.metadata["help"])
             continue
-        parser.add_argument(_flag_name(f.name), dest=f.name, type=kind, nargs=nargs, default=None, help=help_text,
-                            metavar=metavars.get(f.name))
+        parser.add_argument(names.get(f.name, _flag_name(f.name)), dest=f.name, type=kind, nargs=nargs, default=None,
+                            help=help_text, metavar=metavars.get(f.name))
 
 
 def given_options(args, cls) -> dict:

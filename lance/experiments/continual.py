@@ -42,7 +42,8 @@ from lance.models.continual import DEFAULT_MODEL, ContinualNet, build_cl_model
 from lance.core.memory import ContinualMemory, calibrate_in_null_space, gpm_threshold, project_gradients
 from lance.errors import LanceError
 from lance.experiments.checkpoints import load_checkpoint, save_checkpoint
-from lance.experiments.config import flag, fraction, non_negative, text
+from lance.experiments.config import (finite_float, flag, fraction, non_negative, one_of, option, positive,
+                                     positive_float, seed_value, validate)
 from lance.experiments.results import check_writable
 from lance.core.layers import compress, decompress
 
@@ -52,64 +53,74 @@ __all__ = ["ContinualConfig", "CL_METHODS", "CL_PROFILES", "profile_settings", "
 CL_METHODS = ("lance", "gpm", "finetune", "multitask")
 
 
+def _benchmark_names() -> tuple[str, ...]:
+    from lance.data.tasks import BENCHMARKS
+    return tuple(BENCHMARKS)
+
+
+def _model_name(name: str, value) -> None:
+    from lance.models.continual import CL_MODELS
+
+    if value != "":  # "": the benchmark's network
+        one_of(tuple(CL_MODELS))(name, value)
+
+
+def _share(name: str, value) -> None:
+    """A share in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise LanceError(f"{name} must be in [0, 1), got {value!r}.")
+
+
+def _factor(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 1:
+        raise LanceError(f"{name} must be a finite number > 1, got {value!r}.")
+
+
+def _fractions(name: str, value) -> None:
+    if not isinstance(value, (tuple, list)):
+        raise LanceError(f"{name} must be a list of thresholds in (0, 1], got {value!r}.")
+    for v in value:
+        fraction(name, v)
+
+
 @dataclass
 class ContinualConfig:
     """One continual-learning run. Defaults: the recipe notes (GPM's Split CIFAR-100 setup)."""
 
-    benchmark: str = "split_cifar100"
-    method: str = "lance"  # lance | gpm | finetune | multitask
-    model: str = ""  # "" : the benchmark's network (alexnet, resnet18_reduced, mlp)
-    epochs: int = 200  # at most, per task (the schedule usually stops earlier)
-    batch_size: int = 64
-    lr: float = 0.01
-    lr_min: float = 1e-5
-    lr_factor: float = 2.0
-    patience: int = 6
-    energy: float = 0.9  # LANCE's Phase I threshold for tasks 2.. (restricted to the null space)
-    calibration_batches: int = 20
-    compress_batch: bool = True
-    threshold_base: float = 0.97  # memory threshold of task t: base + step * t (GPM's schedule)
-    threshold_step: float = 0.003
-    layer_thresholds: tuple = ()  # per shared layer, in forward order: replaces threshold_base
-    memory_examples: int = 125  # training examples whose layer inputs grow the memory after a task
-    tasks: int = 0  # 0: every task of the benchmark; n: the first n
-    val_fraction: float = 0.05
-    train_limit: int = 0  # keep only this many training images per task (0: all); demonstrations
-    test_limit: int = 0
-    seed: int = 42
-    data_seed: int = 0  # the class split / permutation / validation hold-out
+    benchmark: str = option("split_cifar100", "the task sequence", one_of(_benchmark_names))
+    method: str = option("lance", "lance | gpm | finetune | multitask", one_of(CL_METHODS))
+    model: str = option("", "alexnet | resnet18_reduced | mlp (default: the benchmark's)", _model_name)
+    epochs: int = option(200, "at most this many epochs per task (the schedule usually stops earlier)", positive)
+    batch_size: int = option(64, "batch size", positive)
+    lr: float = option(0.01, "learning rate", positive_float)
+    lr_min: float = option(1e-5, "stop a task when the learning rate falls below this", finite_float)
+    lr_factor: float = option(2.0, "divide the learning rate by this after `patience` epochs without progress",
+                              _factor)
+    patience: int = option(6, "epochs without a better validation loss before the rate falls", positive)
+    energy: float = option(0.9, "LANCE's Phase I threshold for tasks 2.. (restricted to the null space)", fraction)
+    calibration_batches: int = option(20, "LANCE's Phase I batches per task", positive)
+    compress_batch: bool = option(True, "project the batch mode too", flag)
+    threshold_base: float = option(0.97, "memory threshold after task 1 (it grows by threshold_step per task)",
+                                   fraction)
+    threshold_step: float = option(0.003, "growth of the memory threshold per task (GPM's schedule)", finite_float)
+    layer_thresholds: tuple[float, ...] = option((), "per shared layer, in forward order: replaces threshold_base",
+                                                 _fractions)
+    memory_examples: int = option(125, "training examples whose layer inputs grow the memory after a task",
+                                  positive)
+    tasks: int = option(0, "only the first n tasks (0: every task)", non_negative)
+    val_fraction: float = option(0.05, "share of each task's training set held out for the schedule", _share)
+    train_limit: int = option(0, "keep only this many training images per task (0: all)", non_negative)
+    test_limit: int = option(0, "keep only this many test images per task (0: all)", non_negative)
+    seed: int = option(42, "seed of the network, the data order and the calibration", seed_value)
+    data_seed: int = option(0, "seed of the class split, the permutations and the validation hold-out", seed_value)
+
+    def __post_init__(self):
+        if isinstance(self.layer_thresholds, list):
+            self.layer_thresholds = tuple(self.layer_thresholds)
 
     def validate(self) -> "ContinualConfig":
-        from lance.data.tasks import BENCHMARKS
-
-        if self.benchmark not in BENCHMARKS:
-            raise LanceError(f"unknown benchmark {self.benchmark!r}; choose one of {', '.join(BENCHMARKS)}.")
-        if self.method not in CL_METHODS:
-            raise LanceError(f"unknown continual method {self.method!r}; choose one of {', '.join(CL_METHODS)}.")
-        for key in ("tasks", "train_limit", "test_limit", "seed", "data_seed"):
-            non_negative(key, getattr(self, key))
-        if isinstance(self.val_fraction, bool) or not 0 <= self.val_fraction < 1:
-            raise LanceError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}.")
-        text("model", self.model or "default")
-        for key in ("epochs", "batch_size", "patience", "calibration_batches", "memory_examples"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise LanceError(f"{key} must be a positive integer, got {v!r}.")
-        for key in ("lr", "lr_factor", "lr_min", "energy", "threshold_base", "threshold_step", "val_fraction"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise LanceError(f"{key} must be a finite number, got {value!r}.")
-        flag("compress_batch", self.compress_batch)
-        for t in self.layer_thresholds:
-            fraction("layer_thresholds", t)
-        if not (self.lr > 0 and self.lr_factor > 1 and self.lr_min >= 0):
-            raise LanceError(f"need lr > 0, lr_factor > 1 and lr_min >= 0; got lr={self.lr}, "
-                             f"lr_factor={self.lr_factor}, lr_min={self.lr_min}.")
-        if not 0 < self.energy <= 1:
-            raise LanceError(f"energy must be in (0, 1], got {self.energy}.")
-        if not 0 < self.threshold_base <= 1:
-            raise LanceError(f"threshold_base must be in (0, 1], got {self.threshold_base}.")
-        return self
+        """Every field's check (before any data is loaded); returns the config."""
+        return validate(self)
 
 
 # Benchmark-specific settings: GPM's for Permuted MNIST (lr 0.01, batch 10, 5 epochs, no

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lance.analysis.accounting import MIB, activation_memory, measured_bytes, saved_tensors
+from lance.analysis.accounting import MIB, activation_memory, measured_bytes, paper_convention_tmacs, saved_tensors
 from lance.analysis.methods import METHODS, apply_method
 from lance.experiments.cache import FeatureCache, split_model
 from lance.core.calibration import calibrate
@@ -511,6 +511,16 @@ def _costs(cfg: FinetuneConfig, table, lance_layers: dict, ranks: dict) -> tuple
     return analytic, flops + decomposition, decomposition, ranks
 
 
+def _per_step_memory(cfg: FinetuneConfig, lance_layers: dict) -> dict:
+    """Per-step HOSVD keeps a different amount at every step: the mean over this process's steps
+    (``activation_mb`` above), the largest and the first, as counted (float32)."""
+    if cfg.method != "hosvd" or not lance_layers:
+        return {}
+    first = [m.stored_elements_first for m in lance_layers.values()]
+    return {"activation_mb_max": 4.0 * sum(m.stored_elements_max for m in lance_layers.values()) / MIB,
+            "activation_mb_first": None if None in first else 4.0 * sum(first) / MIB}
+
+
 def _record(cfg: FinetuneConfig, s: _Setup, run: _RunState, table, lance_layers, ranks, measured, started,
             wall: float, cpu_start: float) -> dict:
     from lance.experiments.provenance import provenance
@@ -528,6 +538,10 @@ def _record(cfg: FinetuneConfig, s: _Setup, run: _RunState, table, lance_layers,
             "train_tflops": per_iteration / 1e12,
             "train_tflops_total": per_iteration * steps_per_epoch * cfg.epochs / 1e12,
             "decomposition_tflops": decomposition / 1e12,
+            # forward MACs plus weight-gradient MACs, as the paper counts (None for HOSVD: its ranks change)
+            "train_tmacs_paper_convention": None if cfg.method == "hosvd" else paper_convention_tmacs(
+                table, "bp" if cfg.method == "bp" else "lance"),
+            **_per_step_memory(cfg, lance_layers),
             "ranks": ranks,
             "angle_deg": [h["angle_deg"] for h in run.history],
             "weight_norm_initial": run.initial_norms,  # None for a run resumed from an older checkpoint
