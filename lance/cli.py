@@ -44,12 +44,10 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     import json
 
     from lance.experiments.benchmark import BenchmarkConfig, format_report, run_benchmark
+    from lance.experiments.config import given_options
     from lance.experiments.results import write_atomic
 
-    cfg = BenchmarkConfig(model=args.model, resolution=args.resolution, batch_size=args.batch_size,
-                          energy=args.energy, layer_counts=tuple(args.layers),
-                          calibration_batches=args.calibration_batches, repeats=args.repeats,
-                          seed=args.seed, weights_dir=args.weights_dir, threads=args.threads)
+    cfg = BenchmarkConfig(**given_options(args, BenchmarkConfig), weights_dir=args.weights_dir, threads=args.threads)
     out = run_benchmark(cfg, device=args.device)
     print()
     print(format_report(out))
@@ -140,14 +138,11 @@ def _sweep_config(args: argparse.Namespace, model, layers, bs, energy, n_cal, se
 
 def _cmd_latency(args: argparse.Namespace) -> int:
     """The paper's latency experiment (Sec. 3.4, Fig. 5): forward / backward / total time per step."""
-    import dataclasses
-
+    from lance.experiments.config import given_options
     from lance.experiments.latency import LatencyConfig, format_latency, result_record, run_latency
     from lance.experiments.results import write_result
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(LatencyConfig)
-              if getattr(args, f.name, None) is not None}
-    record = run_latency(LatencyConfig(**values), data_dir=args.data_dir, weights_dir=args.weights_dir,
+    record = run_latency(LatencyConfig(**given_options(args, LatencyConfig)), data_dir=args.data_dir, weights_dir=args.weights_dir,
                          device=args.device)
     print()
     print(format_latency(record))
@@ -334,18 +329,14 @@ def _parser_plan_size(commands) -> None:
 
 
 def _parser_benchmark(commands) -> None:
+    from lance.experiments.benchmark import BenchmarkConfig
+    from lance.experiments.config import add_options
+
     p = commands.add_parser(
         "benchmark",
         help="time and saved bytes of one training step, BP against LANCE (ResNet18, 224 px, batch 128)",
     )
-    p.add_argument("--model", default="resnet18", help="resnet18 | resnet34 | mobilenet_v2 | mcunet-in2 | ...")
-    p.add_argument("--resolution", type=int, default=0, help="input size (default: the model's native)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--energy", type=float, default=0.7)
-    p.add_argument("--layers", type=int, nargs="+", default=[2, 4], help="numbers of last conv layers to train")
-    p.add_argument("--calibration-batches", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    add_options(p, BenchmarkConfig, names={"layer_counts": "--layers"})
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--weights-dir", default=None, help="directory with torchvision ImageNet weights "
                    "(default: $LANCE_WEIGHTS_DIR)")
@@ -399,26 +390,12 @@ def _parser_sweep(commands) -> None:
 
 
 def _parser_latency(commands) -> None:
+    from lance.experiments.config import add_options
+    from lance.experiments.latency import LatencyConfig
+
     p = commands.add_parser("latency", help="forward, backward and total time of a fine-tuning step for 1..10 "
                             "trainable layers, BP / HOSVD / ASI / LANCE (the paper's Fig. 5)")
-    p.add_argument("--model", help="default mcunet-in2")
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="default 128")
-    p.add_argument("--resolution", type=int, help="input size in px (default 0: the model's native one)")
-    p.add_argument("--layers", dest="layer_counts", type=int, nargs="+", help="numbers of last conv layers "
-                   "trained (default 1 ... 10)")
-    p.add_argument("--methods", nargs="+", choices=["bp", "hosvd", "asi", "lance"])
-    p.add_argument("--iterations", type=int, help="timed steps per trial, after one warm-up step (default 5)")
-    p.add_argument("--trials", type=int, help="default 5")
-    p.add_argument("--energy", type=float, help="LANCE's threshold, also fixes ASI's ranks (default 0.7)")
-    p.add_argument("--hosvd-energy", dest="hosvd_energy", type=float, help="default 0.8")
-    p.add_argument("--hosvd-solver", dest="hosvd_solver", choices=["gram", "svd"], help="how per-step HOSVD "
-                   "finds each mode's basis: eigh of the Gram matrix (default) or an SVD of the unfolding")
-    p.add_argument("--calibration-batches", dest="calibration_batches", type=int, help="default 4")
-    p.add_argument("--num-classes", dest="num_classes", type=int, help="classes of the new head (default 10)")
-    p.add_argument("--data", choices=["auto", "cifar100", "samples"], help="inputs (default auto: CIFAR-100 if "
-                   "found, else the sample photographs)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int, help="torch threads (default 1; 0: torch's default)")
+    add_options(p, LatencyConfig, names={"layer_counts": "--layers"})
     p.add_argument("--data-dir", default=None, help="datasets directory (default: $LANCE_DATA_DIR)")
     p.add_argument("--weights-dir", default=None, help="weights directory (default: $LANCE_WEIGHTS_DIR)")
     p.add_argument("--out", type=Path, default=None, help="write the record as a JSON result file (atomically)")

@@ -118,7 +118,7 @@ CONTINUAL = [
     (["--model", "../x"], "unknown model '../x'; choose one of alexnet"),
 ]
 LATENCY = [
-    (["--batch-size", "0"], "batch_size must be an integer >= 1"),
+    (["--batch-size", "0"], "batch_size must be a positive whole number"),
     (["--model", "nope"], "unknown model"),
     (["--energy", "1.5"], r"\(0, 1\]"),
     (["--device", "cuda:x"], "unknown device"),

@@ -145,7 +145,7 @@ def test_command_line_reports_bad_input_without_a_traceback(tmp_path, capsys):
 
     assert main(["latency", "--batch-size", "0", "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: batch_size must be an integer >= 1") and "Traceback" not in err
+    assert err.startswith("error: batch_size must be a positive whole number") and "Traceback" not in err
     assert not (tmp_path / "x.json").exists()
 
 

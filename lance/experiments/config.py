@@ -62,7 +62,7 @@ def _is_int(value: Any) -> bool:
 
 def positive(name: str, value: Any) -> None:
     if not _is_int(value) or value < 1:
-        raise LanceError(f"{name} must be a positive whole number, got {value!r} ({_flag_name(name)} N, N >= 1).")
+        raise LanceError(f"{name} must be a positive whole number (1 or more), got {value!r}.")
 
 
 def non_negative(name: str, value: Any) -> None:

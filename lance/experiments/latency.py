@@ -41,6 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lance.errors import LanceError
+from lance.experiments.config import (finite_float, flag, fraction, model_names, non_negative, one_of, option,
+                                     positive, seed_value, validate)
 
 __all__ = ["LatencyConfig", "METHODS", "PHASES", "METHOD_LABELS", "run_latency", "format_latency", "summary", "ratios",
            "ratio_ranges", "goal_lines", "result_record", "read_latency", "load_latency"]
@@ -51,73 +53,60 @@ DATA_SOURCES = ("auto", "cifar100", "samples")
 METHOD_LABELS = {"bp": "BP", "hosvd": "HOSVD", "asi": "ASI", "lance": "LANCE"}
 
 
-def _positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise LanceError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return value
+def _counts(name: str, value) -> None:
+    """A non-empty tuple of distinct positive whole numbers."""
+    if not isinstance(value, tuple) or not value:
+        raise LanceError(f"{name} is empty or not a list: give at least one number of trainable layers, e.g. 1 2.")
+    for n in value:
+        positive(name, n)
+    if len(set(value)) != len(value):
+        raise LanceError(f"{name} has repeated entries: {value}.")
+
+
+def _methods(name: str, value) -> None:
+    if not isinstance(value, tuple) or not value:
+        raise LanceError(f"{name} is empty: choose some of {', '.join(METHODS)}.")
+    for m in value:
+        one_of(METHODS)("method", m)
+    if len(set(value)) != len(value):
+        raise LanceError(f"{name} has repeated entries: {value}.")
+
+
+def _solvers():
+    from lance.core.hosvd import SOLVERS
+    return SOLVERS
 
 
 @dataclass
 class LatencyConfig:
     """One latency experiment. Defaults: the paper's setting (Sec. 3.4)."""
 
-    model: str = "mcunet-in2"  # a name lance.models.zoo.build accepts
-    batch_size: int = 128
-    resolution: int = 0  # 0: the model's native resolution (160 px for mcunet-in2)
-    layer_counts: tuple[int, ...] = tuple(range(1, 11))  # numbers of last conv layers trained
-    methods: tuple[str, ...] = METHODS
-    iterations: int = 5  # timed steps per trial, after one warm-up step
-    trials: int = 5  # independent trials (fresh model copy each)
-    energy: float = 0.7  # LANCE's threshold; also fixes ASI's ranks
-    hosvd_energy: float = 0.8  # per-step HOSVD threshold (the HOSVD authors' scripts)
-    hosvd_solver: str = "gram"  # per-step bases: eigh of each mode's Gram matrix, or "svd" of the unfolding
-    calibration_batches: int = 4  # Phase I batches (not timed; the paper's accuracy runs use 100)
-    num_classes: int = 10  # the new head (CIFAR-10's ten classes in the paper)
-    data: str = "auto"  # auto: CIFAR-100 (classes 0-9) if found, else the 20 sample photographs
-    pretrained: bool = True  # ImageNet weights (False: random initialisation, for tests)
-    lr: float = 0.05  # the untimed SGD update after each step
-    seed: int = 0
-    threads: int = 1  # torch threads (0: torch's default); see the module docstring
+    model: str = option("mcunet-in2", "network", one_of(model_names))
+    batch_size: int = option(128, "batch size", positive)
+    resolution: int = option(0, "input size in px (0: the model's native one, 160 for mcunet-in2)", non_negative)
+    layer_counts: tuple[int, ...] = option(tuple(range(1, 11)), "numbers of last conv layers trained", _counts)
+    methods: tuple[str, ...] = option(METHODS, "methods timed", _methods)
+    iterations: int = option(5, "timed steps per trial, after one warm-up step", positive)
+    trials: int = option(5, "independent trials (a fresh model copy each)", positive)
+    energy: float = option(0.7, "LANCE's threshold; also fixes ASI's ranks", fraction)
+    hosvd_energy: float = option(0.8, "per-step HOSVD threshold (the HOSVD authors' scripts)", fraction)
+    hosvd_solver: str = option("gram", "how per-step HOSVD finds each mode's basis: eigh of its Gram matrix, or an "
+                               "SVD of the unfolding", one_of(_solvers))
+    calibration_batches: int = option(4, "Phase I batches (not timed; the accuracy runs use 100)", positive)
+    num_classes: int = option(10, "classes of the new head (CIFAR-10's ten in the paper)", positive)
+    data: str = option("auto", "inputs: auto (CIFAR-100 classes 0-9 if found, else the 20 sample photographs), "
+                       "cifar100 or samples", one_of(DATA_SOURCES))
+    pretrained: bool = option(True, "ImageNet weights (off: random initialisation, for tests)", flag)
+    lr: float = option(0.05, "the untimed SGD update after each step", finite_float)
+    seed: int = option(0, "seed", seed_value)
+    threads: int = option(1, "torch threads (0: torch's default); see the module docstring", non_negative)
 
     def __post_init__(self):
-        from lance.core.hosvd import check_energy
-        from lance.models.zoo import MODEL_NAMES
-
-        if self.model not in MODEL_NAMES:
-            raise LanceError(f"unknown model {self.model!r}; choose one of {sorted(MODEL_NAMES)}.")
-        for name in ("batch_size", "iterations", "trials", "calibration_batches", "num_classes"):
-            _positive_int(getattr(self, name), name)
-        for name in ("resolution", "seed", "threads"):
-            _positive_int(getattr(self, name), name, minimum=0)
-        if isinstance(self.layer_counts, int):
-            self.layer_counts = (self.layer_counts,)
-        self.layer_counts = tuple(self.layer_counts)
-        if not self.layer_counts:
-            raise LanceError("layer_counts is empty: give at least one number of trainable layers, e.g. (1, 2).")
-        for n in self.layer_counts:
-            _positive_int(n, "every entry of layer_counts")
-        if len(set(self.layer_counts)) != len(self.layer_counts):
-            raise LanceError(f"layer_counts has repeated entries: {self.layer_counts}.")
-        if isinstance(self.methods, str):
-            self.methods = (self.methods,)
-        self.methods = tuple(self.methods)
-        if not self.methods:
-            raise LanceError(f"methods is empty: choose some of {METHODS}.")
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise LanceError(f"unknown methods {unknown}; choose from {METHODS}.")
-        if len(set(self.methods)) != len(self.methods):
-            raise LanceError(f"methods has repeated entries: {self.methods}.")
-        self.energy = check_energy(self.energy, "energy")
-        self.hosvd_energy = check_energy(self.hosvd_energy, "hosvd_energy")
-        from lance.core.hosvd import SOLVERS
-
-        if self.hosvd_solver not in SOLVERS:
-            raise LanceError(f"hosvd_solver must be one of {SOLVERS}, got {self.hosvd_solver!r}.")
-        if self.data not in DATA_SOURCES:
-            raise LanceError(f"data must be one of {DATA_SOURCES}, got {self.data!r}.")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr >= 0):
-            raise LanceError(f"lr must be a finite number >= 0, got {self.lr!r}.")
+        if isinstance(self.layer_counts, (int, list)):
+            self.layer_counts = (self.layer_counts,) if isinstance(self.layer_counts, int) else tuple(self.layer_counts)
+        if isinstance(self.methods, (str, list)):
+            self.methods = (self.methods,) if isinstance(self.methods, str) else tuple(self.methods)
+        validate(self)
 
 
 # ---------------------------------------------------------------------------------------
