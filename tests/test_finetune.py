@@ -61,6 +61,8 @@ def test_result_record_has_the_agreed_keys_and_measured_memory(method, tmp_path,
     else:
         assert m["activation_mb"] < m["bp_activation_mb"]
         assert all(0 <= a < 180 for epoch in m["angle_deg"] for a in epoch.values())
+    # Phase I's wall time: none for BP, a part of the run's for the others
+    assert m["calibration_s"] == 0.0 if method == "bp" else 0 < m["calibration_s"] < prov["wall_time_s"]
     if method != "hosvd":  # the paper's count: forward plus weight-gradient MACs, below ours (which adds dx)
         assert 0 < m["train_tmacs_paper_convention"] < m["train_tflops"]
     if method == "hosvd":

@@ -283,6 +283,7 @@ class _Setup:
     files: dict  # provenance of the inputs: the weights' sha256, the data files' md5
     device: torch.device = torch.device("cpu")
     cuda_peak: Optional[float] = None  # MiB, torch.cuda.max_memory_allocated over one step (GPU only)
+    calibration_s: float = 0.0  # wall seconds of Phase I in this process (0 for BP)
 
 
 def _prepare(cfg: FinetuneConfig, data_dir, weights_dir, cache_dir, progress: bool,
@@ -366,6 +367,7 @@ def _phase_one(cfg: FinetuneConfig, s: _Setup):
     calibration (None for BP) and the ranks per layer."""
     if cfg.method == "bp":
         return None, {}
+    start = time.perf_counter()
     tc, tfeats, tlabels = s.train
     n_cal = cfg.calibration_batches if cfg.method in ("lance", "asi") else 1
     plan = _epoch_plan(len(tlabels), cfg.batch_size, cfg.seed, epoch=-1, flip=cfg.flip)
@@ -376,6 +378,7 @@ def _phase_one(cfg: FinetuneConfig, s: _Setup):
     calib = calibrate(s.suffix, batches, s.layers, energy=cfg.energy, num_batches=len(batches),
                       compress_batch=cfg.compress_batch)
     apply_method(s.suffix, cfg.method, calib, hosvd_energy=cfg.hosvd_energy, compress_batch=cfg.compress_batch)
+    s.calibration_s = time.perf_counter() - start
     return calib, {n: list(calib[n].ranks) for n in s.layers}
 
 
@@ -534,6 +537,8 @@ def _record(cfg: FinetuneConfig, s: _Setup, run: _RunState, table, lance_layers,
             "activation_mb": analytic / MIB,
             "activation_mb_measured": measured / MIB,
             "cuda_max_memory_allocated_mb": s.cuda_peak,
+            # Phase I (the calibration batches through the trained part, the HOSVD, the swap), this process
+            "calibration_s": s.calibration_s,
             "bp_activation_mb": float(table.bp_bytes.sum()) / MIB,
             "train_tflops": per_iteration / 1e12,
             "train_tflops_total": per_iteration * steps_per_epoch * cfg.epochs / 1e12,
