@@ -88,6 +88,6 @@ def test_the_spread_over_seeds_is_written_beside_the_mean():
     assert readable(one_seed)["acc %"].tolist() == [64.58, 59.53]
     seeds = pd.DataFrame({"method": ["bp", "lance"], "acc": [64.58, 59.53], "acc sd": [0.314, None]})
     shown = readable(seeds)
-    assert shown["acc %"].tolist() == ["64.58 ± 0.31", "59.53"]
+    assert shown["acc %"].tolist() == ["64.58\u00a0±\u00a00.31", "59.53"]
     header, rule, *_ = _rows(markdown_table(shown, "C", "tbl-s", constant_to_caption=False))
     assert rule == "|:--|--:|"  # still right-aligned like numbers

@@ -367,8 +367,8 @@ def test_the_gap_has_the_spread_of_its_two_means_and_the_seed_table_one_column_p
     # BP: 65 ± sqrt(2); LANCE: 60 ± 1; the gap's spread sqrt(2 + 1), over the fewer seeds
     assert gap.gap == pytest.approx(5.0) and gap["gap sd"] == pytest.approx(3 ** 0.5) and gap.seeds == 2
     seeds = tables.seed_table(results).set_index("method")
-    assert seeds.loc["lance", ["seed 42", "seed 123", "seed 456"]].tolist() == [59.0, 60.0, 61.0]
-    assert seeds.loc["bp", "seed 42"] == 64.0 and seeds.loc["bp", "seed 456"] != seeds.loc["bp", "seed 456"]  # NaN
+    assert seeds.loc["lance", ["seed 42 acc", "seed 123 acc", "seed 456 acc"]].tolist() == [59.0, 60.0, 61.0]
+    assert seeds.loc["bp", "seed 42 acc"] == 64.0 and seeds.loc["bp", "seed 456 acc"] != seeds.loc["bp", "seed 456 acc"]
     assert seeds.loc["lance", "acc sd"] == pytest.approx(1.0) and seeds.loc["bp", "seeds"] == 2
 
 

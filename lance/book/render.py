@@ -37,10 +37,11 @@ def _missing(value) -> bool:
 
 
 def _is_spread(value) -> bool:
-    """A mean with its spread written as text ("64.58 ± 0.31"), or a bare number as text."""
+    """A mean with its spread written as text ("64.58 ± 0.31", the spaces no-break ones), or a bare
+    number as text."""
     import re
 
-    return isinstance(value, str) and re.fullmatch(r"-?\d+(\.\d+)?( ± \d+(\.\d+)?)?", value) is not None
+    return isinstance(value, str) and re.fullmatch(r"-?\d+(\.\d+)?(\s±\s\d+(\.\d+)?)?", value) is not None
 
 
 def significant(value: float, digits: int = 3) -> str:
@@ -125,7 +126,7 @@ def readable(table, columns: Optional[Mapping[str, str]] = None):
     out = table.copy()
     if "acc sd" in out:  # the spread over seeds goes beside the mean, in the same column
         if out["acc sd"].notna().any():
-            out["acc"] = [MISSING if _missing(a) else f"{a:.2f}" + ("" if _missing(sd) else f" ± {sd:.2f}")
+            out["acc"] = [MISSING if _missing(a) else f"{a:.2f}" + ("" if _missing(sd) else f"\u00a0±\u00a0{sd:.2f}")
                           for a, sd in zip(out["acc"], out["acc sd"])]
         out = out.drop(columns="acc sd")
     if "model" in out:

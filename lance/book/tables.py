@@ -320,6 +320,16 @@ def bp_lance_gap(table, by):
     return pd.DataFrame(rows, columns=list(by) + ["gap", "gap sd", "seeds", "gap (paper)"])
 
 
+def _layer_part(name: str) -> str:
+    """A layer's name as the selection table shows it, without the model's container:
+    ``blocks.17.mobile_inverted_conv.depth_conv.conv`` -> ``17 depth_conv``,
+    ``features.17.conv.2`` -> ``17 conv.2``, ``features.17.conv.0.0`` -> ``17 conv.0``, ``features.18.0`` -> ``18``."""
+    parts = [p for p in name.split(".") if p not in ("mobile_inverted_conv", "blocks", "features")]
+    if len(parts) > 1 and parts[-1] in ("conv", "0"):  # MCUNet's wrapper, torchvision's Conv2dNormActivation
+        parts = parts[:-1]
+    return parts[0] + (" " + ".".join(parts[1:]) if len(parts) > 1 else "")
+
+
 def selection_table(results, dataset: str = "cifar100"):
     """LANCE with our layer selection (the last n convolutions, depthwise ones included) beside
     the authors' (the last n with ``groups == 1``), per (model, layers, epochs) that has a run of
@@ -327,8 +337,6 @@ def selection_table(results, dataset: str = "cifar100"):
     counted), beside the paper's LANCE accuracy and memory (its Table 2, in MB), and which of the
     two memories is nearer the paper's."""
     import pandas as pd
-
-    from lance.book.render import short_layer
 
     cols = ["model", "layers", "epochs", "ours: trained", "authors: trained", "acc (ours)", "acc (authors)",
             "acc (paper)", "MiB (ours)", "MiB (authors)", "MB (paper)", "nearer the paper"]
@@ -354,8 +362,8 @@ def selection_table(results, dataset: str = "cifar100"):
         nearer = (min(gaps, key=gaps.get) if all(g == g for g in gaps.values()) and gaps["ours"] != gaps["authors"]
                   else "the same" if names["ours"] == names["authors"] else "—")
         rows.append({"model": model, "layers": int(layers), "epochs": int(epochs),
-                     "ours: trained": ", ".join(map(short_layer, names["ours"])),
-                     "authors: trained": ", ".join(map(short_layer, names["authors"])),
+                     "ours: trained": ", ".join(_layer_part(n) for n in names["ours"]),
+                     "authors: trained": ", ".join(_layer_part(n) for n in names["authors"]),
                      "acc (ours)": mine["metrics.accuracy"].mean() if len(mine) else float("nan"),
                      "acc (authors)": theirs["metrics.accuracy"].mean(),
                      "acc (paper)": float(p.acc.iloc[0]) if len(p) else float("nan"),
@@ -476,7 +484,8 @@ def hosvd_memory_table(results, dataset: str = "cifar100"):
 def seed_table(results, model: str = "mcunet-in2", epochs: int = 50, dataset: str = "cifar100"):
     """One row per (method, layers) of ``model`` in the paper's setting at ``epochs``: the accuracy
     of each seed (a column per seed, NaN where that seed has no run), their mean, standard
-    deviation and count, beside the paper's mean (the paper reports three seeds, 42, 123, 456)."""
+    deviation and count, beside the paper's mean (the paper reports three seeds, 42, 123, 456).
+    The seed columns are named ``seed <n> acc``."""
     import pandas as pd
 
     cols = ["method", "layers", "seeds", "acc", "acc sd", "acc (paper)"]
@@ -492,7 +501,7 @@ def seed_table(results, model: str = "mcunet-in2", epochs: int = 50, dataset: st
     rows = []
     for _, r in table.iterrows():
         rows.append({"method": r["method"], "layers": r["layers"],
-                     **{f"seed {s}": per_seed.get((r["method"], r["layers"], s), float("nan")) for s in seeds},
+                     **{f"seed {s} acc": per_seed.get((r["method"], r["layers"], s), float("nan")) for s in seeds},
                      "seeds": r["seeds"], "acc": r["acc"], "acc sd": r["acc sd"], "acc (paper)": r["acc (paper)"]})
     return pd.DataFrame(rows)
 
