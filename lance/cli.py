@@ -43,7 +43,7 @@ def _cmd_plan_size(args: argparse.Namespace) -> int:
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     import json
 
-    from lance.experiments.benchmark import BenchmarkConfig, format_report, run_benchmark
+    from lance.experiments.benchmark import BenchmarkConfig, format_report, result_record, run_benchmark
     from lance.experiments.config import given_options
     from lance.experiments.results import write_atomic
 
@@ -52,7 +52,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     print()
     print(format_report(out))
     if args.out:  # main() refused an existing --out without --force before the benchmark ran
-        write_atomic(args.out, json.dumps(out, indent=2) + "\n", overwrite=True)
+        write_atomic(args.out, json.dumps(result_record(out), indent=2) + "\n", overwrite=True)
         print(f"wrote {args.out}")
     return 0
 

@@ -399,3 +399,20 @@ def test_the_probe_table_names_the_one_setting_each_run_changes(tmp_path):
     assert table["vs unchanged"].to_dict() == {"none (Figure 3's BP run)": 0.0, "96 px": -10.0,
                                                "checkpoint proxyless-w0.3": -2.0, "no flips": -1.0,
                                                "plain SGD (Table 4)": -4.0}
+
+
+def test_every_committed_benchmark_file_reads_and_prints_and_new_ones_have_the_common_form(tmp_path):
+    from lance.experiments.benchmark import format_report, read_benchmark, result_record
+    from lance.experiments.results import RESULTS_DIR
+
+    files = sorted((RESULTS_DIR / "benchmark").glob("*.json"))
+    for path in files:  # the older form, results at the top
+        out = read_benchmark(path)
+        assert "LANCE benchmark" in format_report(out)
+        common = result_record(out)
+        assert set(common) == {"config", "metrics", "provenance"} and common["metrics"]["results"] == out["results"]
+        write_result(tmp_path / path.name, common)
+        assert read_benchmark(tmp_path / path.name) == out  # and the common form reads back the same
+    write_result(tmp_path / "other.json", {"config": {}, "metrics": {"accuracy": 1.0}, "provenance": {}})
+    with pytest.raises(LanceError, match="not a benchmark result file"):
+        read_benchmark(tmp_path / "other.json")

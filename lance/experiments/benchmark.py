@@ -30,7 +30,7 @@ from lance.experiments.device import synchronize
 from lance.experiments.cache import split_model
 from lance.core.selection import head_name, set_trainable, trainable_layers
 
-__all__ = ["BenchmarkConfig", "run_benchmark", "format_report"]
+__all__ = ["BenchmarkConfig", "run_benchmark", "format_report", "result_record", "read_benchmark"]
 
 
 def _counts(name: str, value) -> None:
@@ -149,6 +149,26 @@ def run_benchmark(cfg: BenchmarkConfig, log=print, device: str = "cpu") -> dict:
         "results": [{**asdict(r), "step_s": r.step_s} for r in results],
         "provenance": {**provenance(config=asdict(cfg), seed=cfg.seed, wall_time_s=wall), "device": device_name(dev)},
     }
+
+
+def result_record(out: dict) -> dict:
+    """:func:`run_benchmark`'s output in the form of every result file of the project:
+    ``config``, ``metrics`` (the per-setting ``results``) and ``provenance``."""
+    return {"config": out["config"], "metrics": {"results": out["results"]}, "provenance": out["provenance"]}
+
+
+def read_benchmark(path) -> dict:
+    """A benchmark file (of either form: files written before the common one kept ``results`` at
+    the top), in the form :func:`run_benchmark` returns."""
+    from lance.experiments.results import read_result
+
+    d = read_result(path)
+    if "results" in d:
+        return d
+    try:
+        return {"config": d["config"], "results": d["metrics"]["results"], "provenance": d["provenance"]}
+    except (KeyError, TypeError):
+        raise LanceError(f"{path} is not a benchmark result file (no metrics.results).") from None
 
 
 def format_report(out: dict) -> str:
