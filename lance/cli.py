@@ -58,10 +58,12 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from lance.experiments.config import given_options
     from lance.experiments.finetune import PROFILES, FinetuneConfig, finetune
 
-    cfg = FinetuneConfig(**{**PROFILES[args.profile], **given_options(args, FinetuneConfig)})
+    cfg = dataclasses.replace(PROFILES[args.profile], **given_options(args, FinetuneConfig))
     out = None if args.no_save else args.out
     record = finetune(cfg, data_dir=args.data_dir, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
                       out_dir=out, checkpoint_dir=None if args.no_save else args.checkpoint_dir, overwrite=args.force,
@@ -123,17 +125,18 @@ _GRID = {"model": "models", "method": "methods", "layers": "layers", "batch_size
 
 
 def _sweep_config(args: argparse.Namespace, model, layers, bs, energy, n_cal, seed, lr, method):
+    import dataclasses
+
     from lance.experiments.config import given_options
     from lance.experiments.finetune import PROFILES, FinetuneConfig
 
     fixed = {k: v for k, v in given_options(args, FinetuneConfig).items() if k not in _GRID}
-    values = dict(PROFILES[args.profile], **fixed, model=model, method=method, layers=layers, batch_size=bs,
-                  seed=seed, energy=energy)
+    values = dict(fixed, model=model, method=method, layers=layers, batch_size=bs, seed=seed, energy=energy)
     if lr is not None:
         values["lr"] = lr
     if n_cal:
         values["calibration_batches"] = n_cal
-    return FinetuneConfig(**values)
+    return dataclasses.replace(PROFILES[args.profile], **values)
 
 
 def _cmd_latency(args: argparse.Namespace) -> int:

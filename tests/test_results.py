@@ -128,7 +128,7 @@ def test_sweep_builds_every_configuration_and_skips_finished_ones(tmp_path, monk
     assert main(["sweep", "--methods", "lance", "--layers", "2", "--batch-sizes", "4", "--lrs", "0.01", "0.005",
                  "--out", str(tmp_path), "--no-progress", "--checkpoint-dir", str(tmp_path / "c")]) == 0
     assert [c.lr for c in seen] == [0.01, 0.005] and ft.result_name(seen[0]).endswith("_lr0.01.json")
-    assert all(c.lr == ft.DEFAULT_LR for c in [ft.FinetuneConfig(**dict(ft.PROFILES["paper"]))])
+    assert all(c.lr == ft.DEFAULT_LR for c in [ft.PROFILES["paper"]])
     # a configuration that another live process holds (its lock names a running pid) is left to it;
     # a lock whose process is gone is taken over
     seen.clear()

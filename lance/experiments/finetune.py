@@ -88,10 +88,12 @@ class FinetuneConfig:
             self.compress_batch = True
 
 
-PROFILES = {
-    "smoke": dict(epochs=1, train_limit=512, test_limit=256, calibration_batches=2, batch_size=64),
-    "book": dict(epochs=2, train_limit=2560, test_limit=1000, calibration_batches=10, batch_size=64),
-    "paper": dict(),
+#: the sizes of a run, by name: a full configuration each (the rest at its defaults); the command
+#: line and the chapters replace the fields they are given (``dataclasses.replace``)
+PROFILES: dict[str, FinetuneConfig] = {
+    "smoke": FinetuneConfig(epochs=1, train_limit=512, test_limit=256, calibration_batches=2, batch_size=64),
+    "book": FinetuneConfig(epochs=2, train_limit=2560, test_limit=1000, calibration_batches=10, batch_size=64),
+    "paper": FinetuneConfig(),
 }
 
 
