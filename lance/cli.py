@@ -84,11 +84,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     from lance.experiments.results import check_same_config
     from lance.errors import LanceError
+    from lance.experiments.config import distinct
     from lance.experiments.finetune import finetune, result_name
 
     from lance.experiments.device import resolve_device
 
     resolve_device(args.device)  # a missing GPU: one line now, not after the first run
+    for name in _GRID.values():  # a repeated value would run the same configuration twice
+        distinct(f"--{name.replace('_', '-')}", getattr(args, name) or [])
     grid = itertools.product(args.models, args.layers, args.batch_sizes, args.energies, args.calibration_batches,
                              args.seeds, args.lrs or [None], args.methods)
     configs = [_sweep_config(args, *point) for point in grid]  # every point is checked before any run starts
@@ -199,7 +202,7 @@ def _cmd_continual(args: argparse.Namespace) -> int:
 
     import torch
 
-    from lance.experiments.config import given_options
+    from lance.experiments.config import distinct, given_options
     from lance.experiments.results import check_same_config
     from lance.data.tasks import build_benchmark
     from lance.experiments.continual import ContinualConfig, cl_result_name, continual, profile_settings
@@ -207,6 +210,7 @@ def _cmd_continual(args: argparse.Namespace) -> int:
     from lance.experiments.device import resolve_device
 
     resolve_device(args.device)  # a missing GPU: one line now, not after the benchmark is built
+    distinct("--methods", args.methods)
     if args.threads:
         torch.set_num_threads(args.threads)
     benchmark = None
@@ -250,11 +254,18 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     needs it), each command once."""
     from lance.errors import LanceError
     from lance.experiments.engine import run_commands
-    from lance.experiments.device import resolve_device
+    import re
+
+    from lance.experiments.device import DEVICE_HELP, resolve_device
     from lance.experiments.plan import group_summary, load_plan, plan_status
 
     if args.run and args.executor == "local":
         resolve_device(args.device)  # a missing GPU: one line, before anything runs
+    elif args.device not in ("cpu", "auto") and not re.fullmatch(r"cuda(:\d+)?", args.device):
+        raise LanceError(f"unknown device {args.device!r}; choose {DEVICE_HELP}.")  # SLURM: checked on the node
+    if args.time_min < 1 or args.gpus < 0 or args.jobs < 1:
+        raise LanceError(f"--time-min and --jobs must be at least 1 and --gpus at least 0; got {args.time_min}, "
+                         f"{args.jobs} and {args.gpus}.")
     if args.results and Path(args.results).exists() and not Path(args.results).is_dir():
         raise LanceError(f"--results {args.results} is not a folder; pass the folder that holds finetune/, "
                          "continual/, ... (default: the project's data/results).")
@@ -264,7 +275,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.group:
         status = status[status.group.str.contains(args.group, case=False, regex=False)]
     if len(status) == 0:
-        print(f"no planned run's group contains {args.group!r}")
+        print(f"no planned run's group contains {args.group!r}" if args.group else "the plan has no runs")
         return 1
     summary = group_summary(status).set_index("group")
     for group, rows in status.groupby("group", sort=False):

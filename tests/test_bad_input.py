@@ -56,7 +56,11 @@ FINETUNE = [
     (["--lr", "nan"], "lr must be a finite number"),
     (["--lr", "-1"], "lr must be a finite number >= 0"),
     (["--lr", "inf"], "lr must be a finite number"),
-    (["--resolution", "-1"], "resolution must be a whole number >= 0"),
+    (["--resolution", "-1"], "resolution must be 0 .* or a size in px from 32"),
+    (["--resolution", "1"], "resolution must be 0 .* or a size in px from 32"),
+    (["--epochs", "100000000000000000000"], "epochs must be at most 100000"),
+    (["--lr", "1e300"], "lr must be at most 100"),
+    (["--classes", "0", "1"], "a classifier needs two classes at least"),
     (["--train-limit", "-1"], "train_limit must be a whole number >= 0"),
     (["--test-limit", "-5"], "test_limit must be a whole number >= 0"),
     (["--model", "../../evil"], "unknown model"),
@@ -88,8 +92,10 @@ SWEEP = [
     (["--lrs", "nan"], "lr must be a finite"),
     (["--energies", "0.7", "1.2"], r"energy must be in \(0, 1\]"),
     (["--batch-sizes", "0"], "batch_size must be a positive"),
-    (["--resolution", "-2"], "resolution must be a whole number >= 0"),
+    (["--resolution", "-2"], "resolution must be 0 .* or a size in px from 32"),
     (["--device", "gpu0"], "unknown device"),
+    (["--layers", "2", "2"], "--layers has repeated entries"),
+    (["--seeds", "42", "42"], "--seeds has repeated entries"),
 ]
 PRETRAIN = [
     (["--epochs", "0"], "epochs must be a positive"),
@@ -112,6 +118,7 @@ CONTINUAL = [
     (["--val-fraction", "1"], r"val_fraction must be in \[0, 1\)"),
     (["--layer-thresholds", "0.9", "1.5"], r"layer_thresholds must be in \(0, 1\]"),
     (["--benchmark", "nope"], "unknown benchmark 'nope'; choose one of"),
+    (["--methods", "lance", "lance"], "--methods has repeated entries"),
     (["--calibration-batches", "0"], "calibration_batches must be a positive"),
     (["--memory-examples", "0"], "memory_examples must be a positive"),
     (["--seed", "-4"], "seed must be a whole number"),
@@ -126,6 +133,9 @@ LATENCY = [
 BENCHMARK = [
     (["--device", "npu"], "unknown device"),
     (["--model", "nope"], "unknown model"),
+    (["--layers", "2", "2"], "layer_counts has repeated entries"),
+    (["--threads", "-4"], "--threads must be 0"),
+    (["--resolution", "1"], "resolution must be 0"),
 ]
 CASES = ([("finetune", a, m) for a, m in FINETUNE] + [("sweep", a, m) for a, m in SWEEP]
          + [("pretrain", a, m) for a, m in PRETRAIN] + [("continual", a, m) for a, m in CONTINUAL]
@@ -188,6 +198,10 @@ MORE_CLI = [
     ("finetune", ["--cache-dir", "RF/c"], "cannot write to"),
     ("finetune", ["--seed", "99999999999999999999"], r"seed must be a whole number in \[0, 2\*\*32\)"),
     ("benchmark", ["--out", "RF"], "exists; pass --force"),
+    ("plan", ["--run", "--time-min", "0", "--executor", "slurm"], "--time-min and --jobs must be at least 1"),
+    ("plan", ["--run", "--gpus", "-1", "--executor", "slurm"], "--gpus at least 0"),
+    ("plan", ["--device", "tpu"], "unknown device 'tpu'"),
+    ("plan", ["--plan", "UNQUOTED"], "cannot be split into words"),
 ]
 
 
@@ -195,7 +209,10 @@ MORE_CLI = [
 def test_more_bad_paths_and_numbers(command, argv, message, tmp_path, capsys, no_data):
     rf = tmp_path / "a-file"
     rf.write_text("")
-    argv = [a.replace("RF", str(rf)).replace("OUT", str(tmp_path / "s.md")) for a in argv]
+    unquoted = tmp_path / "plan.json"
+    unquoted.write_text('[{"group": "g", "kind": "finetune", "command": "python -m lance sweep --pretrained \'a"}]')
+    argv = [a.replace("RF", str(rf)).replace("OUT", str(tmp_path / "s.md")).replace("UNQUOTED", str(unquoted))
+            for a in argv]
     assert main([command, *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and len(err.splitlines()) == 1 and re.search(message, err), err

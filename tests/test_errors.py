@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import lance
+from lance.errors import LanceError
 
 from helpers import random_batches, single_layer_model
 
@@ -300,3 +301,42 @@ def test_calibration_save_to_a_path_it_cannot_write(tmp_path):
         cal.save(tmp_path / "file" / "c.pt")
     with pytest.raises(lance.LanceError, match="is a folder"):
         cal.save(tmp_path)
+
+
+def test_api_inputs_the_adversarial_probe_found_unchecked(tmp_path):
+    import torch
+
+    from lance.core import hosvd
+    from lance.experiments.benchmark import BenchmarkConfig
+    from lance.experiments.checkpoints import load_checkpoint
+    from lance.experiments.continual import ContinualConfig
+    from lance.models import zoo
+
+    with pytest.raises(LanceError, match="unknown method 'ewc'"):
+        ContinualConfig(method="ewc")  # refused when built, not only at validate()
+    with pytest.raises(LanceError, match="repeated entries"):
+        BenchmarkConfig(layer_counts=(2, 2))
+    with pytest.raises(LanceError, match="as a list"):
+        BenchmarkConfig(layer_counts=5)
+    with pytest.raises(LanceError, match="threads must be"):
+        BenchmarkConfig(threads=-4)
+    with pytest.raises(LanceError, match="weights_dir must be a folder's path"):
+        BenchmarkConfig(weights_dir=12345)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(LanceError, match="num_classes must be a positive whole number"):
+            zoo.build("resnet18", num_classes=bad, pretrained=False)
+    with pytest.raises(LanceError, match="spectrum is empty"):
+        hosvd.energy_rank(torch.zeros(0), 0.7)
+    with pytest.raises(LanceError, match="mode must be a whole number in"):
+        hosvd.unfold(torch.zeros(2, 3), 2)
+    with pytest.raises(LanceError, match="does not hold a tensor"):
+        hosvd.fold(torch.zeros(2, 3), 0, (2, 4))
+    with pytest.raises(LanceError, match="config as a dict"):
+        load_checkpoint(tmp_path / "none.pt", "notadict")
+
+
+def test_compress_takes_one_layer_name_as_a_name_not_as_its_letters():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
+    calib = lance.calibrate(model, [torch.randn(2, 3, 8, 8)], ["0", "2"], energy=0.9, num_batches=1)
+    lance.compress(model, calib, "2")
+    assert isinstance(model[2], lance.LanceConv2d) and not isinstance(model[0], lance.LanceConv2d)

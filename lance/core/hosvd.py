@@ -62,14 +62,23 @@ def check_energy(energy: float, name: str = "energy") -> float:
     return value
 
 
+def _check_mode(mode, ndim: int) -> None:
+    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode < ndim:
+        raise LanceError(f"mode must be a whole number in [0, {ndim}) for a tensor of {ndim} modes, got {mode!r}.")
+
+
 def unfold(x: Tensor, mode: int) -> Tensor:
     """Mode-``mode`` unfolding ``X_(m)`` of shape ``(x.shape[mode], -1)``."""
+    _check_mode(mode, x.dim())
     return x.movedim(mode, 0).reshape(x.shape[mode], -1)
 
 
 def fold(matrix: Tensor, mode: int, shape: Sequence[int]) -> Tensor:
     """Inverse of :func:`unfold` for a tensor of the given ``shape``."""
+    _check_mode(mode, len(shape))
     moved = [shape[mode]] + [s for i, s in enumerate(shape) if i != mode]
+    if math.prod(moved) != matrix.numel():
+        raise LanceError(f"fold: a {tuple(matrix.shape)} matrix does not hold a tensor of shape {tuple(shape)}.")
     return matrix.reshape(moved).movedim(0, mode)
 
 
@@ -134,6 +143,8 @@ def energy_rank(eigenvalues: Tensor, energy: float) -> int:
     """
     energy = check_energy(energy)
     n = eigenvalues.numel()
+    if n == 0:
+        raise LanceError("energy_rank needs at least one eigenvalue; the spectrum is empty.")
     if energy >= 1.0:
         return n
     values = eigenvalues.detach().to(torch.float64).clamp_min(0)

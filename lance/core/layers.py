@@ -386,6 +386,8 @@ def compress(model: nn.Module, calibration: Calibration, layers: Optional[Sequen
     check_model(model)
     if not isinstance(calibration, Calibration):
         raise LanceError(f"compress needs a lance.Calibration (from lance.calibrate), got {type(calibration).__name__}.")
+    if isinstance(layers, str):  # one name, not a list of its letters
+        layers = [layers]
     names = list(calibration.names if layers is None else layers)
     present = dict(model.named_modules())
     for name in names:

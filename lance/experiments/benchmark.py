@@ -12,6 +12,7 @@ of the deepest setting to the head). ``--model`` takes any model ``lance.models.
 from __future__ import annotations
 
 import copy
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,8 +25,8 @@ from lance.analysis.accounting import MIB, activation_memory, measured_bytes, sa
 from lance.core.calibration import calibrate
 from lance.analysis.methods import apply_method, ranks_of
 from lance.errors import LanceError
-from lance.experiments.config import (fraction, model_names, non_negative, one_of, option, positive,
-                                     validate)
+from lance.experiments.config import (distinct, fraction, model_names, non_negative, one_of, option, positive,
+                                     resolution_px, validate)
 from lance.experiments.device import synchronize
 from lance.experiments.cache import split_model
 from lance.core.selection import head_name, set_trainable, trainable_layers
@@ -34,16 +35,17 @@ __all__ = ["BenchmarkConfig", "run_benchmark", "format_report", "result_record",
 
 
 def _counts(name: str, value) -> None:
-    if not value:
-        raise LanceError(f"{name} needs at least one number of layers.")
+    if not isinstance(value, (tuple, list)) or not value:
+        raise LanceError(f"{name} needs at least one number of layers, as a list (e.g. (2, 4)).")
     for v in value:
         positive(name, v)
+    distinct(name, value)
 
 
 @dataclass
 class BenchmarkConfig:
     model: str = option("resnet18", "network", one_of(model_names))
-    resolution: int = option(0, "input size in px (0: the model's native resolution)", non_negative)
+    resolution: int = option(0, "input size in px (0: the model's native resolution)", resolution_px)
     batch_size: int = option(128, "batch size", positive)
     energy: float = option(0.7, "LANCE's energy threshold", fraction)
     layer_counts: tuple[int, ...] = option((2, 4), "numbers of last conv layers to train", _counts)
@@ -55,6 +57,10 @@ class BenchmarkConfig:
 
     def __post_init__(self):
         validate(self)
+        if self.threads is not None:
+            non_negative("threads", self.threads)
+        if self.weights_dir is not None and not isinstance(self.weights_dir, (str, os.PathLike)):
+            raise LanceError(f"weights_dir must be a folder's path, got {type(self.weights_dir).__name__}.")
 
 
 @dataclass

@@ -86,6 +86,8 @@ def load_checkpoint(path: Optional[str | os.PathLike], config: dict,
     checkpoint of another configuration, or one without its configuration, is refused; a key
     of ``config`` that the checkpoint lacks (a field added since) is taken at its value in
     ``defaults``."""
+    if not isinstance(config, dict):
+        raise LanceError(f"load_checkpoint needs the run's config as a dict, got {type(config).__name__}.")
     if path is None or not Path(path).exists():
         return None
     saved = safe_load(path, "checkpoint")

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Optional
 from lance.errors import LanceError
 
 __all__ = ["option", "validate", "add_options", "given_options", "model_names", "dataset_names", "positive", "non_negative", "positive_float", "finite_float", "fraction",
-           "one_of", "flag", "seed_value", "text", "span"]
+           "one_of", "flag", "seed_value", "text", "span", "distinct", "resolution_px", "at_most"]
 
 Check = Callable[[str, Any], None]
 
@@ -116,8 +116,31 @@ def span(name: str, value: Any) -> None:
     if value is None:
         return
     if (not isinstance(value, (tuple, list)) or len(value) != 2 or not all(_is_int(v) for v in value)
-            or not 0 <= value[0] < value[1]):
-        raise LanceError(f"{name} must be two whole numbers FIRST END with 0 <= FIRST < END, got {value!r}.")
+            or not 0 <= value[0] < value[1] - 1):
+        raise LanceError(f"{name} must be two whole numbers FIRST END with 0 <= FIRST and END >= FIRST + 2 (a "
+                         f"classifier needs two classes at least), got {value!r}.")
+
+
+def distinct(name: str, value: Any) -> None:
+    """A list without repeated entries."""
+    if isinstance(value, (tuple, list)) and len(set(value)) != len(value):
+        raise LanceError(f"{name} has repeated entries: {list(value)}; give each once.")
+
+
+def resolution_px(name: str, value: Any) -> None:
+    """An input size: 0 (the model's native one) or at least 32 px (the networks downsample by 32)."""
+    if not _is_int(value) or (value != 0 and not 32 <= value <= 4096):
+        raise LanceError(f"{name} must be 0 (the model's native size) or a size in px from 32 to 4096 (the networks "
+                         f"downsample by 32), got {value!r}.")
+
+
+def at_most(limit: float, check: Check) -> Check:
+    """``check``, and the value no larger than ``limit`` (a bound that keeps a run meaningful)."""
+    def bounded(name: str, value: Any) -> None:
+        check(name, value)
+        if value > limit:
+            raise LanceError(f"{name} must be at most {limit:g}, got {value!r}.")
+    return bounded
 
 
 def _argument_type(hint: Any) -> tuple[Any, Optional[int]]:
@@ -162,6 +185,6 @@ def add_options(parser, cls, *, exclude: Iterable[str] = (), metavars: Optional[
 
 
 def given_options(args, cls) -> dict:
-    """The fields of ``cls`` that the command line set."""
+    """The fields of ``cls`` that the command line set (those :func:`add_options` made options for)."""
     return {f.name: (tuple(v) if isinstance(v, list) else v) for f in dataclasses.fields(cls)
-            if (v := getattr(args, f.name, None)) is not None}
+            if "help" in f.metadata and (v := getattr(args, f.name, None)) is not None}

@@ -117,6 +117,7 @@ class ContinualConfig:
     def __post_init__(self):
         if isinstance(self.layer_thresholds, list):
             self.layer_thresholds = tuple(self.layer_thresholds)
+        validate(self)  # when built, before any data is loaded
 
     def validate(self) -> "ContinualConfig":
         """Every field's check (before any data is loaded); returns the config."""
@@ -349,6 +350,10 @@ def continual(config: ContinualConfig, *, out_dir: Optional[os.PathLike] = None,
     if c.tasks > len(benchmark.tasks):
         raise LanceError(f"--tasks {c.tasks}: {c.benchmark} has {len(benchmark.tasks)} tasks here.")
     tasks = [_on_device(t, dev) for t in (benchmark.tasks[:c.tasks] if c.tasks else benchmark.tasks)]
+    fewest = min(len(t.train[1]) for t in tasks)
+    if c.batch_size > fewest:  # before anything is trained or written
+        raise LanceError(f"--batch-size {c.batch_size} is larger than the smallest task's {fewest} training images; "
+                         "lower it (or raise --train-limit).")
     model_name = c.model or DEFAULT_MODEL[c.benchmark]
     model = build_cl_model(model_name, [t.classes for t in tasks], benchmark.input_shape,
                            shared_head=benchmark.shared_head, seed=c.seed).to(dev)

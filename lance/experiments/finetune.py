@@ -32,8 +32,9 @@ from lance.core.calibration import calibrate
 from lance.errors import DivergedError, LanceError
 from lance.experiments.checkpoints import load_checkpoint, safe_load, save_checkpoint
 from lance.experiments.device import device_name, resolve_device
-from lance.experiments.config import (dataset_names, finite_float, flag, fraction, model_names, non_negative,
-                                     one_of, option, positive, seed_value, span, validate)
+from lance.experiments.config import (at_most, dataset_names, finite_float, flag, fraction, model_names,
+                                     non_negative, one_of, option, positive, resolution_px, seed_value, span,
+                                     validate)
 from lance.analysis.fidelity import gradient_angle
 from lance.core.layers import compressed_layers, exact_backward
 from lance.core.selection import head_name, set_trainable, trainable_layers
@@ -59,16 +60,17 @@ class FinetuneConfig:
     layers: int = option(2, "the last n conv layers are trained, plus the classifier head", positive)
     energy: float = option(0.7, "LANCE's energy threshold (Eq. 3); also fixes ASI's ranks", fraction)
     hosvd_energy: float = option(0.8, "per-step HOSVD threshold (the HOSVD authors' scripts use 0.8)", fraction)
-    epochs: int = option(50, "training epochs", positive)
+    epochs: int = option(50, "training epochs", at_most(100_000, positive))
     batch_size: int = option(128, "batch size (also the calibration batch size)", positive)
-    lr: float = option(DEFAULT_LR, "learning rate (the paper's 0.05; 0 leaves the weights as they are)", finite_float)
+    lr: float = option(DEFAULT_LR, "learning rate (the paper's 0.05; 0 leaves the weights as they are)",
+                       at_most(100, finite_float))
     optimizer: str = option("script", "script: momentum 0.9, wd 1e-4, cosine to 0.01 lr, clip 2 | table4: plain SGD",
                             one_of(("script", "table4")))
     calibration_batches: int = option(100, "Phase I batches (LANCE and ASI)", positive)
     compress_batch: bool = option(True, "project the batch mode too (the paper's choice)", flag)
     seed: int = option(42, "seed of the head, the data order and the flips", seed_value)
     flip: bool = option(True, "random horizontal flips of the training images (the paper's only augmentation)", flag)
-    resolution: int = option(0, "input size in px (0: the model's native resolution)", non_negative)
+    resolution: int = option(0, "input size in px (0: the model's native resolution)", resolution_px)
     classes: Optional[tuple[int, int]] = option(None, "fine-tune on classes [FIRST, END) only (split protocol)", span)
     pretrained: str = option("imagenet", "'imagenet' or the path of a state_dict (split-protocol pretraining)",
                              _pretrained)

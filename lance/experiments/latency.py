@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from lance.errors import LanceError
 from lance.experiments.config import (finite_float, flag, fraction, model_names, non_negative, one_of, option,
-                                     positive, seed_value, validate)
+                                     positive, resolution_px, seed_value, validate)
 
 __all__ = ["LatencyConfig", "METHODS", "PHASES", "METHOD_LABELS", "run_latency", "format_latency", "summary", "ratios",
            "ratio_ranges", "goal_lines", "result_record", "read_latency", "load_latency"]
@@ -83,7 +83,7 @@ class LatencyConfig:
 
     model: str = option("mcunet-in2", "network", one_of(model_names))
     batch_size: int = option(128, "batch size", positive)
-    resolution: int = option(0, "input size in px (0: the model's native one, 160 for mcunet-in2)", non_negative)
+    resolution: int = option(0, "input size in px (0: the model's native one, 160 for mcunet-in2)", resolution_px)
     layer_counts: tuple[int, ...] = option(tuple(range(1, 11)), "numbers of last conv layers trained", _counts)
     methods: tuple[str, ...] = option(METHODS, "methods timed", _methods)
     iterations: int = option(5, "timed steps per trial, after one warm-up step", positive)

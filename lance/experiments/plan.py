@@ -178,9 +178,17 @@ def load_plan(path: str | Path) -> list[PlannedRun]:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise LanceError(f"cannot read the plan {path} ({type(err).__name__}: {err}); it must be a JSON list of "
                          '{"group", "kind", "match", "command"} objects.') from None
+    import shlex
+
     for run in runs:
         if run.kind not in KINDS:
             raise LanceError(f"plan {path}: kind {run.kind!r} is not one of {', '.join(KINDS)}.")
+        try:
+            words = shlex.split(run.command)
+        except ValueError as err:  # an unclosed quote, say
+            raise LanceError(f"plan {path}: the command {run.command!r} cannot be split into words ({err}).") from None
+        if words[:3] != ["python", "-m", "lance"]:
+            raise LanceError(f"plan {path}: the command {run.command!r} must start with 'python -m lance'.")
     return runs
 
 

@@ -160,6 +160,8 @@ def build(name: str, num_classes: int = 1000, pretrained: bool = True,
     import torchvision
 
     _check_name(name)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise LanceError(f"num_classes must be a positive whole number, got {num_classes!r}.")
     if name in MCUNET_MODELS:
         return _build_mcunet(name, num_classes, pretrained, weights_dir)
     model = getattr(torchvision.models, name)(weights=None)
