@@ -148,8 +148,8 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     from lance.experiments.latency import LatencyConfig, format_latency, result_record, run_latency
     from lance.experiments.results import write_result
 
-    record = run_latency(LatencyConfig(**given_options(args, LatencyConfig)), data_dir=args.data_dir, weights_dir=args.weights_dir,
-                         device=args.device)
+    record = run_latency(LatencyConfig(**given_options(args, LatencyConfig)), data_dir=args.data_dir,
+                         weights_dir=args.weights_dir, device=args.device)
     print()
     print(format_latency(record))
     if args.out:
@@ -252,11 +252,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     """List the planned paper-scale runs and which have result files; with --run, run the
     commands of the missing ones, in the plan's order (pretraining before the fine-tuning that
     needs it), each command once."""
-    from lance.errors import LanceError
-    from lance.experiments.engine import run_commands
     import re
 
+    from lance.errors import LanceError
     from lance.experiments.device import DEVICE_HELP, resolve_device
+    from lance.experiments.engine import run_commands
     from lance.experiments.plan import group_summary, load_plan, plan_status
 
     if args.run and args.executor == "local":
