@@ -340,3 +340,27 @@ def test_compress_takes_one_layer_name_as_a_name_not_as_its_letters():
     calib = lance.calibrate(model, [torch.randn(2, 3, 8, 8)], ["0", "2"], energy=0.9, num_batches=1)
     lance.compress(model, calib, "2")
     assert isinstance(model[2], lance.LanceConv2d) and not isinstance(model[0], lance.LanceConv2d)
+
+
+def test_writes_and_spectra_the_second_probe_found(tmp_path):
+    from lance.core import hosvd
+    from lance.experiments.finetune import FinetuneConfig, finetune
+    from lance.experiments.results import write_atomic
+
+    for text, message in ((None, "writes text"), (b"bytes", "writes text"), ("bad \udce9", "not valid UTF-8")):
+        with pytest.raises(LanceError, match=message):
+            write_atomic(tmp_path / "x.txt", text)
+    assert not any(tmp_path.iterdir())  # nothing left behind
+    with pytest.raises(LanceError, match="negative ones"):
+        hosvd.energy_rank(torch.tensor([-1.0, -2.0]), 0.5)
+    assert hosvd.energy_rank(torch.tensor([3.0, 1.0, -1e-9]), 0.7) == 1  # rounding noise is no error
+    with pytest.raises(LanceError, match="out_dir must be a folder's path"):
+        finetune(FinetuneConfig(), out_dir=42)
+
+
+def test_a_json_file_that_is_no_notebook_is_listed_as_failed(tmp_path):
+    from lance.book.status import _notebook_status
+
+    (tmp_path / "a.ipynb").write_text('"just a string"')
+    (tmp_path / "b.ipynb").write_text('{"metadata": "no", "cells": []}')
+    assert not _notebook_status(tmp_path / "a.ipynb")["ok"] and not _notebook_status(tmp_path / "b.ipynb")["ok"]

@@ -29,10 +29,14 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _notebook_status(path: Path) -> dict[str, Any]:
+    failed = {"name": path.stem, "parameters": {}, "start_time": None, "duration_s": None, "ok": False}
     try:
         nb = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):  # not a notebook papermill wrote: listed as failed
-        return {"name": path.stem, "parameters": {}, "start_time": None, "duration_s": None, "ok": False}
+        return failed
+    if not isinstance(nb, dict) or not isinstance(nb.get("metadata", {}), dict) \
+            or not isinstance(nb.get("cells", []), list):  # JSON, but not a notebook's
+        return failed
     pm = nb.get("metadata", {}).get("papermill", {})
     errors = any(
         out.get("output_type") == "error"

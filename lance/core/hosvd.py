@@ -147,6 +147,9 @@ def energy_rank(eigenvalues: Tensor, energy: float) -> int:
         raise LanceError("energy_rank needs at least one eigenvalue; the spectrum is empty.")
     if energy >= 1.0:
         return n
+    if bool((eigenvalues.detach() < -1e-6 * eigenvalues.detach().abs().max()).any()):
+        raise LanceError("energy_rank needs the eigenvalues of a covariance, which are >= 0; this spectrum has "
+                         "negative ones (pass squared singular values, or eigh of a Gram matrix).")
     values = eigenvalues.detach().to(torch.float64).clamp_min(0)
     total = values.sum()
     if total <= 0:

@@ -579,6 +579,9 @@ def _start(cfg, out_dir, checkpoint_dir, overwrite: bool, device):
     if not isinstance(cfg, FinetuneConfig):
         raise LanceError(f"finetune needs a FinetuneConfig, got {type(cfg).__name__}.")
     validate(cfg)  # fields changed after construction are checked too
+    for name, folder in (("out_dir", out_dir), ("checkpoint_dir", checkpoint_dir)):
+        if folder is not None and not isinstance(folder, (str, os.PathLike)):
+            raise LanceError(f"{name} must be a folder's path (str or Path), got {type(folder).__name__}.")
     dev = resolve_device(device)  # a missing GPU is refused before anything else
     out_path = Path(out_dir) / result_name(cfg) if out_dir else None
     if out_path is not None:

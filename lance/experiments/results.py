@@ -60,6 +60,12 @@ def write_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = False)
     stays whole. With ``overwrite`` it is replaced atomically."""
     if not isinstance(path, (str, os.PathLike)):
         raise LanceError(f"the path to write must be a str or a Path, got {type(path).__name__}.")
+    if not isinstance(text, str):
+        raise LanceError(f"write_atomic writes text (a str), got {type(text).__name__}.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise LanceError(f"the text to write to {path} is not valid UTF-8 ({err.reason} at {err.start}).") from None
     path = Path(path)
     check_writable(path, overwrite=True)  # a file on the way, a folder at the name: one line, nothing written
     path.parent.mkdir(parents=True, exist_ok=True)
