@@ -8,7 +8,8 @@ from typing import Optional
 from lance.book.paper import PAPER_MODEL_NAMES, paper_finetuning
 from lance.experiments.results import RESULTS_DIR, load_results
 
-__all__ = ["finetune_results", "finetune_table", "seed_table", "selection_table", "probe_table", "paper_count_table", "hosvd_memory_table", "batch_compressed", "paper_lr", "lr_table", "weight_norm_history",
+__all__ = ["finetune_results", "finetune_table", "seed_table", "selection_table", "probe_table", "paper_count_table",
+           "hosvd_memory_table", "batch_compressed", "paper_lr", "lr_table", "weight_norm_history",
            "split_weights", "bp_lance_gap", "memory_ratios", "paper_setting", "batch_mode_table", "lr_gaps",
            "continual_default_runs", "final_accuracies", "find_run", "angle_curves", "ablation_table", "continual_main",
            "continual_results", "continual_table", "memory_by_layer", "stored_activation_mb", "default_settings",
@@ -359,8 +360,12 @@ def selection_table(results, dataset: str = "cifar100"):
                for k, g in (("ours", mine), ("authors", theirs))}
         mb_paper = float(p.mb.iloc[0]) if len(p) else float("nan")
         gaps = {k: abs(v * 2 ** 20 / 1e6 - mb_paper) for k, v in mib.items()}  # the paper's MB are 10^6 bytes
-        nearer = (min(gaps, key=gaps.get) if all(g == g for g in gaps.values()) and gaps["ours"] != gaps["authors"]
-                  else "the same" if names["ours"] == names["authors"] else "—")
+        if names["ours"] == names["authors"]:
+            nearer = "the same layers"
+        elif any(g != g for g in gaps.values()):  # a run or the paper's figure is missing
+            nearer = "—"
+        else:
+            nearer = "ours" if gaps["ours"] <= gaps["authors"] else "the authors'"
         rows.append({"model": model, "layers": int(layers), "epochs": int(epochs),
                      "ours: trained": ", ".join(_layer_part(n) for n in names["ours"]),
                      "authors: trained": ", ".join(_layer_part(n) for n in names["authors"]),
@@ -368,7 +373,7 @@ def selection_table(results, dataset: str = "cifar100"):
                      "acc (authors)": theirs["metrics.accuracy"].mean(),
                      "acc (paper)": float(p.acc.iloc[0]) if len(p) else float("nan"),
                      "MiB (ours)": mib["ours"], "MiB (authors)": mib["authors"], "MB (paper)": mb_paper,
-                     "nearer the paper": {"ours": "ours", "authors": "the authors'"}.get(nearer, nearer)})
+                     "nearer the paper": nearer})
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -392,7 +397,8 @@ def probe_table(results, baseline: str = "mcunet-in2", layers: int = 4, epochs: 
                   & paper_lr(results) & ~_flag(results, "config.skip_depthwise")]
     sel = sel.assign(optimizer=_value(sel, "config.optimizer", "script"),
                      flips=_value(sel, "config.flip", True).astype(bool),
-                     asked_px=_value(sel, "config.resolution", 0).astype(int))
+                     asked_px=_value(sel, "config.resolution", 0).astype(int),
+                     px=_value(sel, "metrics.resolution", 0).astype(int))  # the size the run used
     rows = []
     for _, r in sel.iterrows():
         changes = [f"checkpoint {r['config.model']}"] if r["config.model"] != baseline else []
@@ -400,8 +406,7 @@ def probe_table(results, baseline: str = "mcunet-in2", layers: int = 4, epochs: 
         changes += ["no flips"] if not r.flips else []
         changes += [f"{r.asked_px} px"] if r.asked_px else []
         rows.append({"change": ", ".join(changes) or "none (Figure 3's BP run)", "model": r["config.model"],
-                     "px": int(r["metrics.resolution"]) if r.get("metrics.resolution") == r.get("metrics.resolution")
-                     and r.get("metrics.resolution") is not None else r.asked_px, "optimizer": r.optimizer,
+                     "px": int(r.px or r.asked_px), "optimizer": r.optimizer,
                      "flips": "yes" if r.flips else "no", "acc": r["metrics.accuracy"]})
     table = pd.DataFrame(rows, columns=cols[:-1])
     if not len(table):
