@@ -59,7 +59,7 @@ FINETUNE = [
     (["--resolution", "-1"], "resolution must be 0 .* or a size in px from 32"),
     (["--resolution", "1"], "resolution must be 0 .* or a size in px from 32"),
     (["--epochs", "100000000000000000000"], "epochs must be at most 100000"),
-    (["--lr", "1e300"], "lr must be at most 100"),
+    (["--lr", "1e300"], r"lr must be at most 1e\+38"),
     (["--classes", "0", "1"], "a classifier needs two classes at least"),
     (["--train-limit", "-1"], "train_limit must be a whole number >= 0"),
     (["--test-limit", "-5"], "test_limit must be a whole number >= 0"),

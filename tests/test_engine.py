@@ -53,7 +53,7 @@ def test_the_local_executor_runs_the_missing_commands_and_reports_a_failure_alon
     for s in (1, 2):
         record = json.loads((tmp_path / "results" / "latency" / f"tiny_s{s}.json").read_text())
         assert record["config"]["seed"] == s
-    assert "2 of 3 commands done" in out and "batch_size must be an integer >= 1" in out  # the log's tail
+    assert "2 of 3 commands done" in out and "batch_size must be a positive whole number" in out  # the log's tail
     assert not (tmp_path / "results" / "latency" / "bad.json").exists()
     # run again: only what is missing is submitted
     assert _run_plan(tmp_path, _plan(tmp_path, [1, 2]), "local") == 0

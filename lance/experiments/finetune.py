@@ -62,8 +62,9 @@ class FinetuneConfig:
     hosvd_energy: float = option(0.8, "per-step HOSVD threshold (the HOSVD authors' scripts use 0.8)", fraction)
     epochs: int = option(50, "training epochs", at_most(100_000, positive))
     batch_size: int = option(128, "batch size (also the calibration batch size)", positive)
+    # at most float32's range: torch's optimisers hold the rate as a float32 scalar
     lr: float = option(DEFAULT_LR, "learning rate (the paper's 0.05; 0 leaves the weights as they are)",
-                       at_most(100, finite_float))
+                       at_most(1e38, finite_float))
     optimizer: str = option("script", "script: momentum 0.9, wd 1e-4, cosine to 0.01 lr, clip 2 | table4: plain SGD",
                             one_of(("script", "table4")))
     calibration_batches: int = option(100, "Phase I batches (LANCE and ASI)", positive)
