@@ -56,9 +56,11 @@ def paper_lr(results):
 def _unprobed(results, resolution: int = 0):
     """Runs at input size ``resolution`` (0: the model's native one) with the authors' script's
     optimiser and random flips: not one of the probes of MCUNet's accuracy (chapter 3)."""
-    return ((_value(results, "config.resolution", 0) == resolution)
-            & (_value(results, "config.optimizer", "script") == "script")
-            & _value(results, "config.flip", True).astype(bool))
+    from lance.experiments.plan import PROBED  # the settings the probes change, at every other run's value
+
+    return ((_value(results, "config.resolution", PROBED["resolution"]) == resolution)
+            & (_value(results, "config.optimizer", PROBED["optimizer"]) == PROBED["optimizer"])
+            & (_value(results, "config.flip", PROBED["flip"]).astype(bool) == PROBED["flip"]))
 
 
 def _value(results, column: str, default):

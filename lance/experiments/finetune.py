@@ -154,8 +154,6 @@ def _unnamed(cfg: FinetuneConfig) -> dict:
 # data and model
 # ---------------------------------------------------------------------------------------
 def _subset(imageset, limit: int, seed: int):
-    from lance import data
-
     if not limit or limit >= len(imageset.labels):
         return imageset
     order = torch.randperm(len(imageset.labels), generator=torch.Generator().manual_seed(seed))[:limit]

@@ -137,7 +137,7 @@ def _records(directory: Path) -> list[tuple[Path, dict]]:
 
 
 # fine-tuning settings that the probes of MCUNet's accuracy change, at the value every other run has
-_PROBED = {"optimizer": "script", "flip": True, "resolution": 0}
+PROBED = {"optimizer": "script", "flip": True, "resolution": 0}
 
 # the value a key had before result files recorded it
 _DEFAULTS = {("latency", "hosvd_solver"): "gram"}
@@ -154,7 +154,7 @@ def _matches(record: dict, kind: str, match: dict) -> bool:
     if kind == "finetune" and cfg.get("skip_depthwise") and not match.get("skip_depthwise"):
         return False  # the authors' selection is planned apart from ours
     if kind == "finetune" and any(cfg.get(key, default) != default and key not in match
-                                  for key, default in _PROBED.items()):
+                                  for key, default in PROBED.items()):
         return False  # a run with another optimiser, resolution or augmentation is its own experiment
     if kind == "continual" and cfg.get("tasks"):  # a run of the first few tasks only
         return False
