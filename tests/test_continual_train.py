@@ -175,16 +175,17 @@ def test_every_method_writes_a_complete_result(method, tmp_path):
         continual(_config(method), benchmark=bench, out_dir=tmp_path)
 
 
-@pytest.mark.parametrize("method", ["lance", "gpm"])
-def test_second_task_leaves_first_task_directions_alone(method):
+@pytest.mark.parametrize("method, space", [("lance", "feature"), ("gpm", "patch"), ("lance", "patch")])
+def test_second_task_leaves_first_task_directions_alone(method, space):
     """The property of Phase III (and of GPM): the update of task 2 is orthogonal to the memory
-    of task 1, so every constrained layer's output on inputs in span(M) is unchanged."""
+    of task 1, so every constrained layer's output on inputs in span(M) is unchanged; LANCE
+    with a patch memory trains patch-space layers whose updates keep off GPM's bases."""
     torch.set_num_threads(1)
     bench = _toy_benchmark(tasks=2)
-    c = _config(method, epochs=3, lr=0.05).validate()
+    c = _config(method, epochs=3, lr=0.05, memory_space=space).validate()
     model = build_cl_model("alexnet", [4, 4], (3, 32, 32), seed=0)
     layers = model.layers()
-    memory = ContinualMemory(space="patch" if method == "gpm" else "feature")
+    memory = ContinualMemory(space=space)
     cl_train._train_task(model, 0, bench.tasks, layers, c, bench, memory, False)
     memory.update(model, [bench.tasks[0].train[0][:32]], layers, threshold=0.97)
     before = {n: model.get_submodule(n).weight.detach().clone() for n in layers}
@@ -193,7 +194,7 @@ def test_second_task_leaves_first_task_directions_alone(method):
     for n in layers:
         delta = (model.get_submodule(n).weight.detach() - before[n]).double()
         m = memory.bases[n].double()
-        if delta.dim() == 4 and method == "lance":
+        if delta.dim() == 4 and space == "feature":
             on_memory = torch.einsum("ockl,cm->omkl", delta, m)
         else:
             on_memory = delta.reshape(delta.shape[0], -1) @ m

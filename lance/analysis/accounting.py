@@ -73,8 +73,32 @@ def _chain_flops(shape: Sequence[int], factors_out: Sequence[Optional[int]], ord
     return flops, shape
 
 
-def _layer_flops(kind: str, module: nn.Module, shapes: _Shapes, ranks: Optional[Sequence[Optional[int]]],
+def _patch_flops(module: nn.Module, shapes: _Shapes, ranks: Sequence[Optional[int]], fwd: int,
                  input_grad: bool) -> dict[str, int]:
+    """LANCE's FLOPs for a conv calibrated in the patch space (``LancePatchConv2d``): the batch
+    projection of the input, its unfolding into patches (a copy, no FLOPs), the patch and position
+    projections; backward: the output gradient projected on the batch and position factors,
+    contracted with the core, then the patch factor."""
+    x, y = shapes.input, shapes.output
+    r_b, r_p, r_l = ranks
+    out_ch, cin, kh, kw = module.weight.shape
+    positions = y[2] * y[3]
+    proj = 0 if r_b is None else 2 * r_b * prod(x)
+    nb = x[0] if r_b is None else r_b
+    patches = [nb, cin * kh * kw, positions]
+    f, core = _chain_flops(patches, [None, r_p, r_l], projection_order(patches, [None, r_p, r_l]))
+    proj += f
+    dy = [y[0], out_ch, positions]
+    f, _ = _chain_flops(dy, [r_b, None, r_l], projection_order(dy, [r_b, None, r_l]))
+    bwd = (fwd if input_grad else 0) + f + 2 * out_ch * prod(core)
+    if r_p is not None:
+        bwd += 2 * out_ch * r_p * cin * kh * kw
+    return {"lance_fwd_flops": fwd + proj, "lance_bwd_flops": bwd,
+            "lance_wgrad_flops": bwd - (fwd if input_grad else 0)}
+
+
+def _layer_flops(kind: str, module: nn.Module, shapes: _Shapes, ranks: Optional[Sequence[Optional[int]]],
+                 input_grad: bool, patches: bool = False) -> dict[str, int]:
     x, y = shapes.input, shapes.output
     if kind == "Conv2d":
         out_ch, cin_g, kh, kw = module.weight.shape
@@ -86,6 +110,8 @@ def _layer_flops(kind: str, module: nn.Module, shapes: _Shapes, ranks: Optional[
     row = {"bp_fwd_flops": fwd, "bp_bwd_flops": fwd * (2 if input_grad else 1), "bp_wgrad_flops": fwd}
     if ranks is None:
         return row
+    if patches:
+        return {**row, **_patch_flops(module, shapes, ranks, fwd, input_grad)}
     # forward: the layer plus the projection of its input onto the factors
     proj, core = _chain_flops(x, ranks, projection_order(x, ranks))
     bwd = fwd if input_grad else 0
@@ -161,18 +187,18 @@ def activation_memory(model: nn.Module, layers: Sequence[str], input_size: Seque
         kind = "Conv2d" if isinstance(module, nn.Conv2d) else "Linear"
         s = shapes[name]
         row = {"layer": name, "type": kind, "input_shape": s.input, "bp_bytes": prod(s.input) * bytes_per_element}
-        ranks = None
+        ranks, patches = None, False
         if calibration is not None:
             lc = calibration[name]
             if lc.batch_size is not None and lc.batch_size != batch_size:
                 raise BatchSizeError(
                     f"the calibration projects the batch mode with a fixed factor for batch size {lc.batch_size}; "
                     f"ask for batch_size={lc.batch_size} or calibrate with compress_batch=False.")
-            ranks = lc.ranks
+            ranks, patches = lc.ranks, lc.patches
             row.update(ranks=tuple(ranks), core_shape=lc.core_shape(batch_size),
                        lance_bytes=lc.stored_numel(batch_size) * bytes_per_element)
             row["memory_ratio"] = row["bp_bytes"] / row["lance_bytes"]
-        row.update(_layer_flops(kind, module, s, ranks, input_grad=name != first))
+        row.update(_layer_flops(kind, module, s, ranks, input_grad=name != first, patches=patches))
         rows.append(row)
     return pd.DataFrame(rows)
 

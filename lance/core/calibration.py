@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lance.errors import (
@@ -30,15 +31,44 @@ from lance.errors import (
 from lance.core.hosvd import basis_from_gram, captured_energy, check_energy, energy_rank, mode_gram
 from lance.core.selection import layer_spec, resolve_layers
 
-__all__ = ["calibrate", "Calibration", "LayerCalibration", "ModeBasis", "mode_names", "layer_inputs", "model_fingerprint"]
+__all__ = ["calibrate", "Calibration", "LayerCalibration", "ModeBasis", "mode_names", "layer_inputs", "model_fingerprint",
+           "SPACES", "conv_patches"]
 
 FORMAT_VERSION = 1
 
+# How a convolution's input is seen: "feature", the (B, C, H, W) tensor itself (the paper's
+# reading), or "patch", the unfolded patches its weight multiplies, (B, C*k*k, L) with L output
+# positions (the space GPM and the authors' continual-learning code keep their memory in). A
+# linear layer's input is the same in both.
+SPACES = ("feature", "patch")
 
-def mode_names(kind: str, ndim: int) -> tuple[str, ...]:
+
+def check_space(space) -> str:
+    if space not in SPACES:
+        raise LanceError(f"unknown space {space!r}; choose one of {', '.join(SPACES)}.")
+    return space
+
+
+def check_patchable(conv: nn.Conv2d) -> None:
+    """Refuse a convolution whose input has no patch space here."""
+    if conv.groups != 1:
+        raise UnsupportedLayerError("a grouped convolution multiplies each patch by only its group's weights; "
+                                    "the patch space needs groups == 1.")
+    if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+        raise UnsupportedLayerError("the patch space supports convolutions with numeric zero padding only.")
+
+
+def conv_patches(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """The input of ``conv`` as the patches its weight multiplies: ``(B, C*k*k, L)``, the rows in
+    the order of ``weight.reshape(out, -1)``, one column per output position (``F.unfold``)."""
+    check_patchable(conv)
+    return F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+
+
+def mode_names(kind: str, ndim: int, space: str = "feature") -> tuple[str, ...]:
     """Names of the modes of a layer input."""
     if kind == "Conv2d":
-        return ("batch", "channel", "height", "width")
+        return ("batch", "patch", "position") if space == "patch" else ("batch", "channel", "height", "width")
     return ("batch", "feature") if ndim == 2 else ("batch", "token", "feature")
 
 
@@ -72,12 +102,21 @@ class ModeBasis:
 
 @dataclass
 class LayerCalibration:
-    """Calibration of one layer: its spec (to recognise the layer) and one basis per mode."""
+    """Calibration of one layer: its spec (to recognise the layer) and one basis per mode.
+
+    ``space`` says how a convolution's input was seen (:data:`SPACES`): in the patch space
+    ``input_shape`` is that of the unfolded patches, ``(B, C*k*k, L)``."""
 
     name: str
     spec: dict
     input_shape: tuple[int, ...]
     modes: list[ModeBasis] = field(default_factory=list)
+    space: str = "feature"
+    tensor_shape: Optional[tuple[int, ...]] = None  # in the patch space: the (B, C, H, W) input itself
+
+    @property
+    def patches(self) -> bool:
+        return self.space == "patch" and self.spec.get("type") == "Conv2d"
 
     @property
     def factors(self) -> list[Optional[Tensor]]:
@@ -109,7 +148,8 @@ class LayerCalibration:
         modes = [ModeBasis(m.name, m.size,
                            None if m.rank is None else min(energy_rank(m.eigenvalues, energy), m.limit or m.size),
                            m.basis, m.eigenvalues, m.limit) for m in self.modes]
-        return LayerCalibration(self.name, dict(self.spec), self.input_shape, modes)
+        return LayerCalibration(self.name, dict(self.spec), self.input_shape, modes, self.space,
+                                self.tensor_shape)
 
     def only_modes(self, keep: Iterable[str]) -> "LayerCalibration":
         """The same calibration with only the modes named in ``keep`` (e.g. ``["channel"]``)
@@ -122,7 +162,8 @@ class LayerCalibration:
             raise LanceError(f"layer {self.name!r} has no mode {unknown[0]!r}; its modes are {names}.")
         modes = [m if m.name in keep else ModeBasis(m.name, m.size, None, m.basis, m.eigenvalues, m.limit)
                  for m in self.modes]
-        return LayerCalibration(self.name, dict(self.spec), self.input_shape, modes)
+        return LayerCalibration(self.name, dict(self.spec), self.input_shape, modes, self.space,
+                                self.tensor_shape)
 
 
 class Calibration:
@@ -175,13 +216,14 @@ class Calibration:
         rows = []
         for name, lc in self.layers.items():
             full = 1
-            for s in lc.input_shape:
+            shape = lc.tensor_shape or lc.input_shape  # the elements BP keeps: the input, not its patches
+            for s in shape:
                 full *= s
             kept = lc.stored_numel()
             rows.append({
                 "layer": name,
                 "type": lc.spec["type"],
-                "input_shape": "x".join(map(str, lc.input_shape)),
+                "input_shape": "x".join(map(str, shape)),
                 "ranks": "x".join("-" if r is None else str(r) for r in lc.ranks),
                 "energy": " ".join("-" if m.rank is None else f"{m.energy:.3f}" for m in lc.modes),
                 "input_elements": full,
@@ -225,6 +267,8 @@ class Calibration:
                     "input_shape": list(lc.input_shape),
                     "modes": [{"name": m.name, "size": m.size, "rank": m.rank, "basis": m.basis,
                                "eigenvalues": m.eigenvalues, "limit": m.limit} for m in lc.modes],
+                    **({"space": lc.space, "tensor_shape": None if lc.tensor_shape is None else list(lc.tensor_shape)}
+                       if lc.space != "feature" else {}),
                 }
                 for name, lc in self.layers.items()
             },
@@ -245,7 +289,12 @@ class Calibration:
                                            or not isinstance(m.basis, Tensor) or m.basis.shape[0] != m.size):
                     raise LanceError(f"layer {name!r}, mode {m.name!r}: rank {m.rank!r} or its basis does not fit "
                                      f"a mode of size {m.size}; recompute the calibration with lance.calibrate.")
-            layers[name] = LayerCalibration(name, spec, tuple(d["input_shape"]), modes)
+            space = d.get("space", "feature")
+            if space not in SPACES:
+                raise LanceError(f"layer {name!r} was calibrated in an unknown space {space!r}; recompute the "
+                                 "calibration with lance.calibrate.")
+            tensor_shape = tuple(d["tensor_shape"]) if d.get("tensor_shape") is not None else None
+            layers[name] = LayerCalibration(name, spec, tuple(d["input_shape"]), modes, space, tensor_shape)
         return cls(layers, state["energy"], state["num_batches"], state["compress_batch"])
 
     def save(self, path: str | os.PathLike, model: Optional[nn.Module] = None) -> None:
@@ -312,11 +361,16 @@ class Calibration:
 class _Accumulator:
     """Running sums of the mode covariances of one layer's input (Eq. 2)."""
 
-    def __init__(self, name: str, module: nn.Module, compress_batch: bool):
+    def __init__(self, name: str, module: nn.Module, compress_batch: bool, space: str = "feature"):
         self.name = name
+        self.module = module
         self.spec = layer_spec(module)
         self.compress_batch = compress_batch
+        self.space = space if isinstance(module, nn.Conv2d) else "feature"
+        if self.space == "patch":
+            check_patchable(module)
         self.shape: Optional[tuple[int, ...]] = None
+        self.tensor_shape: Optional[tuple[int, ...]] = None
         self.grams: list[Optional[Tensor]] = []
         self.count = 0
 
@@ -333,6 +387,9 @@ class _Accumulator:
             raise NonFiniteActivationError(
                 f"the input of layer {self.name!r} has NaN or infinite values in calibration batch "
                 f"{batch_index}; check the model weights and the input normalisation, or drop that batch.")
+        if self.space == "patch":
+            self.tensor_shape = tuple(x.shape)
+            x = conv_patches(self.module, x)
         shape = tuple(x.shape)
         if self.shape is None:
             self.shape = shape
@@ -356,7 +413,7 @@ class _Accumulator:
         self.count += 1
 
     def finish(self, energy: float) -> LayerCalibration:
-        names = mode_names(self.spec["type"], len(self.shape))
+        names = mode_names(self.spec["type"], len(self.shape), self.space)
         modes = []
         for m, size in enumerate(self.shape):
             if self.grams[m] is None:
@@ -364,7 +421,7 @@ class _Accumulator:
                 continue
             vectors, values = basis_from_gram(self.grams[m] / self.count)
             modes.append(ModeBasis(names[m], size, energy_rank(values, energy), vectors, values))
-        return LayerCalibration(self.name, self.spec, self.shape, modes)
+        return LayerCalibration(self.name, self.spec, self.shape, modes, self.space, self.tensor_shape)
 
 
 def _digest(state: dict[str, Any]) -> str:
@@ -372,6 +429,8 @@ def _digest(state: dict[str, Any]) -> str:
     h = hashlib.sha256()
     for name in sorted(state["layers"]):
         h.update(name.encode())
+        if state["layers"][name].get("space", "feature") != "feature":  # files of the channel space keep their digest
+            h.update(f"space:{state['layers'][name]['space']}".encode())
         for m in state["layers"][name]["modes"]:
             h.update(f"{m['name']}:{m['size']}:{m['rank']}".encode())
             for t in (m["basis"], m["eigenvalues"]):
@@ -421,6 +480,7 @@ def calibrate(
     *,
     compress_batch: bool = True,
     progress: Optional[Callable[..., Iterable[Any]]] = None,
+    space: str = "feature",
 ) -> Calibration:
     """Phase I of LANCE: one pass of up to ``num_batches`` batches through ``model``.
 
@@ -429,9 +489,12 @@ def calibrate(
     ``compress_batch=True`` (the paper's choice) the batch mode is projected too, with a
     fixed factor: training batches must then have the calibration batch size. ``progress``
     wraps the batches for display, called as ``progress(batches, total=num_batches)`` (e.g.
-    ``tqdm.auto.tqdm``).
+    ``tqdm.auto.tqdm``). ``space="patch"`` calibrates every convolution on its unfolded patches
+    (:func:`conv_patches`, three modes: batch, patch, position) instead of its input tensor;
+    :func:`lance.compress` then swaps in the patch-space layer.
     """
     energy = check_energy(energy)
+    check_space(space)
     if not isinstance(compress_batch, bool):
         raise LanceError(f"compress_batch must be True or False, got {compress_batch!r}.")
     if not hasattr(batches, "__iter__"):
@@ -439,7 +502,7 @@ def calibrate(
     if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
         raise LanceError(f"num_batches must be a positive integer, got {num_batches!r}.")
     modules = resolve_layers(model, layers)
-    accumulators = {name: _Accumulator(name, mod, compress_batch) for name, mod in modules.items()}
+    accumulators = {name: _Accumulator(name, mod, compress_batch, space) for name, mod in modules.items()}
     if progress is not None:  # e.g. tqdm.auto.tqdm
         batches = progress(batches, total=num_batches)
     seen = visit_layer_inputs(model, modules, batches, lambda name, _m, x, i: accumulators[name].add(x, i),

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lance.core.calibration import Calibration, LayerCalibration
+from lance.core.calibration import Calibration, LayerCalibration, check_patchable
 from lance.errors import BatchSizeError, CalibrationMismatchError, InputShapeError, LanceError, UnsupportedLayerError
 from lance.core.hosvd import expand, is_channels_last, mode_product, project
 from lance.core.selection import check_model, layer_spec, resolve_layers
@@ -31,12 +31,14 @@ from lance.core.selection import check_model, layer_spec, resolve_layers
 __all__ = [
     "ConvGeometry",
     "LanceConv2d",
+    "LancePatchConv2d",
     "LanceLinear",
     "LanceLayer",
     "compress",
     "decompress",
     "compressed_layers",
     "lance_conv2d",
+    "lance_patch_conv2d",
     "lance_linear",
     "exact_backward",
 ]
@@ -161,6 +163,20 @@ def conv_weight_grad_from_core(core: Tensor, factors: Sequence[Optional[Tensor]]
     return geometry.weight_grad(mode_product(z, u_c, 1), weight_shape, dy)
 
 
+def patch_weight_grad_from_core(core: Tensor, factors: Sequence[Optional[Tensor]], grad_out: Tensor,
+                                weight_shape: Sequence[int]) -> Tensor:
+    """``dL/dW`` of a conv whose unfolded input (B, C*k*k, L) is ``core ×_1 U_b ×_2 U_p ×_3 U_l``:
+    the output gradient, seen as (B, out, L), is projected onto the batch and position factors
+    and contracted with the core; the patch factor is applied last, to an ``(out, r_p)`` matrix.
+    Every row of the result lies in the span of ``U_p``."""
+    u_b, u_p, u_l = factors
+    dy = project(grad_out.reshape(grad_out.shape[0], grad_out.shape[1], -1), [u_b, None, u_l])
+    g = torch.tensordot(dy, core, dims=([0, 2], [0, 2]))  # (out, r_p)
+    if u_p is not None:
+        g = g @ u_p.t()
+    return g.reshape(weight_shape)
+
+
 def linear_weight_grad_from_core(core: Tensor, factors: Sequence[Optional[Tensor]], grad_out: Tensor) -> Tensor:
     """``dL/dW`` of a linear layer whose input is ``core ×_1 U_1 ... ×_N U_N``.
 
@@ -207,6 +223,39 @@ class _LanceConv2dFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
+class _LancePatchConv2dFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, geometry, u_b, u_p, u_l):
+        factors = (u_b, u_p, u_l)
+        y = geometry.conv(x, weight, bias)
+        ctx.geometry = geometry
+        ctx.input_shape = tuple(x.shape)
+        ctx.memory_format = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+        ctx.weight_shape = tuple(weight.shape)
+        ctx.has_bias = bias is not None
+        core = None
+        if ctx.needs_input_grad[1]:
+            # the batch projection commutes with unfolding (both act on other modes): apply it first,
+            # so that only r_b samples are unfolded
+            z = x.detach() if u_b is None else mode_product(x.detach(), u_b.t(), 0)
+            patches = F.unfold(z, weight.shape[2:], geometry.dilation, geometry.kernel_padding, geometry.stride)
+            core = project(patches, (None, u_p, u_l))
+        ctx.save_for_backward(core, weight if ctx.needs_input_grad[0] else None, *factors)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        core, weight, *factors = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = ctx.geometry.input_grad(ctx.input_shape, weight, grad_out, ctx.memory_format)
+        if ctx.needs_input_grad[1]:
+            grad_w = patch_weight_grad_from_core(core, factors, grad_out, ctx.weight_shape)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
 class _LanceLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, *factors):
@@ -234,6 +283,13 @@ def lance_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], geometry: Co
                  factors: Sequence[Optional[Tensor]]) -> Tensor:
     """Functional form: a conv that keeps only the core of ``x`` (and the factors) for backward."""
     return _LanceConv2dFunction.apply(x, weight, bias, geometry, *factors)
+
+
+def lance_patch_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], geometry: ConvGeometry,
+                       factors: Sequence[Optional[Tensor]]) -> Tensor:
+    """Functional form of the patch-space conv: keeps only the core of ``x``'s unfolded patches
+    (batch, patch, position factors) for backward."""
+    return _LancePatchConv2dFunction.apply(x, weight, bias, geometry, *factors)
 
 
 def lance_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], factors: Sequence[Optional[Tensor]]) -> Tensor:
@@ -338,6 +394,53 @@ class LanceConv2d(LanceLayer, nn.Conv2d):
         return super().extra_repr() + f", ranks={tuple(self.ranks)}"
 
 
+class LancePatchConv2d(LanceLayer, nn.Conv2d):
+    """Drop-in ``nn.Conv2d`` calibrated in the patch space (``calibrate(..., space="patch")``): it
+    keeps the core of its input's unfolded patches ``(B, C*k*k, L)`` for backward, and its
+    weight gradient's rows lie in the span of the patch factor, which is how a patch-space
+    memory (GPM's) protects earlier tasks. ``groups == 1`` and numeric zero padding only."""
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, calibration: Optional[LayerCalibration]) -> "LancePatchConv2d":
+        check_patchable(conv)
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                  conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
+                  device="meta")
+        new.weight, new.bias = conv.weight, conv.bias
+        new.train(conv.training)
+        new._init_factors(calibration, 3)
+        new.geometry = ConvGeometry.of(conv)
+        return new
+
+    def factors_for(self, x: Tensor) -> list[Optional[Tensor]]:
+        if x.dim() != 4:
+            raise InputShapeError(f"layer {self.layer_name!r} takes 4-D (B, C, H, W) inputs, got shape "
+                                  f"{tuple(x.shape)}.")
+        (ph, pw), (sh, sw), (dh, dw), (kh, kw) = self.padding, self.stride, self.dilation, self.kernel_size
+        positions = (((x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1)
+                     * ((x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1))
+        factors = self.factors
+        if factors[0] is not None and x.shape[0] != factors[0].shape[0]:
+            raise BatchSizeError(
+                f"layer {self.layer_name!r} was calibrated with batch size {factors[0].shape[0]} and projects the "
+                f"batch mode with a fixed factor, but got a batch of {x.shape[0]}. Train with that batch size "
+                "(drop_last=True), or calibrate with compress_batch=False.")
+        if (x.shape[1] * kh * kw, positions) != tuple(self.input_shape[1:]):
+            raise InputShapeError(
+                f"layer {self.layer_name!r} was calibrated for {self.input_shape[1]} numbers per patch at "
+                f"{self.input_shape[2]} positions, but an input of shape {tuple(x.shape)} gives "
+                f"{x.shape[1] * kh * kw} at {positions}. Feed the calibration's input resolution, or recalibrate.")
+        return factors
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._wants_compression(x):
+            return super().forward(x)
+        return lance_patch_conv2d(x, self.weight, self.bias, self.geometry, self.factors_for(x))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", space=patch, ranks={tuple(self.ranks)}"
+
+
 class LanceLinear(LanceLayer, nn.Linear):
     """Drop-in ``nn.Linear`` (2-D or 3-D input) that keeps only the core of its input."""
 
@@ -372,7 +475,7 @@ def _swap_in(module: nn.Module, lc: LayerCalibration,
     if factory is not None:
         return factory(module, lc)
     if isinstance(module, nn.Conv2d):
-        return LanceConv2d.from_conv(module, lc)
+        return (LancePatchConv2d if lc.patches else LanceConv2d).from_conv(module, lc)
     return LanceLinear.from_linear(module, lc)
 
 

@@ -17,6 +17,11 @@ patches (C*k*k) instead; the channel memory is k*k times smaller per direction a
 the same outputs when the stored directions are channel directions, which is what LANCE's
 channel factor can express. A grouped (depthwise) convolution never mixes channels, so a
 channel projection cannot protect its outputs: such layers are refused.
+
+``ContinualMemory(space="patch")`` is the other choice: the memory holds patch directions,
+and :func:`calibrate_in_null_space` then calibrates each convolution on its unfolded patches
+(``lance.core.layers.LancePatchConv2d``), its patch factor orthogonal to the memory: the
+update rule of GPM's space, with LANCE's compressed activations.
 """
 
 from __future__ import annotations
@@ -25,18 +30,15 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lance.core.calibration import Calibration, ModeBasis, calibrate, visit_layer_inputs
+from lance.core.calibration import SPACES, Calibration, ModeBasis, calibrate, conv_patches, visit_layer_inputs
 from lance.errors import LanceError, UnsupportedLayerError
 from lance.core.hosvd import basis_from_gram, check_energy, energy_rank, mode_gram
 from lance.core.selection import resolve_layers
 
 __all__ = ["ContinualMemory", "calibrate_in_null_space", "project_gradients", "feature_mode", "gpm_threshold",
            "memory_gram", "SPACES"]
-
-SPACES = ("feature", "patch")
 
 
 def feature_mode(module: nn.Module, ndim: int) -> int:
@@ -59,9 +61,7 @@ def memory_gram(module: nn.Module, x: Tensor, space: str = "feature") -> Tensor:
     if space not in SPACES:
         raise LanceError(f"unknown memory space {space!r}; choose one of {', '.join(SPACES)}.")
     if space == "patch" and isinstance(module, nn.Conv2d):
-        if isinstance(module.padding, str) or module.padding_mode != "zeros":
-            raise UnsupportedLayerError("the patch memory supports convolutions with numeric zero padding only.")
-        p = F.unfold(x.detach(), module.kernel_size, module.dilation, module.padding, module.stride)
+        p = conv_patches(module, x.detach())
         p = p.transpose(0, 1).reshape(p.shape[1], -1)
         return (p @ p.t()).to(torch.float64)
     return mode_gram(x, feature_mode(module, x.dim()))
@@ -173,15 +173,20 @@ def calibrate_in_null_space(model: nn.Module, batches, layers: Sequence[str], me
     and its top eigenvectors reaching ``energy`` of the restricted energy are kept. The other
     modes are calibrated as in Phase I. The factor can never hold more than ``n - k`` columns.
 
+    The calibration is made in the memory's space: with a ``patch`` memory every convolution is
+    calibrated on its unfolded patches (batch, patch, position) and its patch factor is the one
+    kept in the null space, so :func:`lance.compress` swaps in patch-space layers whose updates
+    are orthogonal to GPM-style patch bases.
+
     A layer whose memory already spans its whole input space has no direction left to learn
     in: with ``full="error"`` that raises; with ``full="skip"`` the layer is left out of the
     calibration (the caller keeps it frozen for this task), and ``calibration.full`` lists it."""
     if full not in ("error", "skip"):
         raise LanceError(f"full must be 'error' or 'skip', got {full!r}.")
-    if memory.space != "feature":
-        raise LanceError(f"null-space calibration constrains the input-feature factor, so it needs a memory in the "
-                         f"'feature' space, got {memory.space!r}.")
-    cal = calibrate(model, batches, layers, energy=energy, num_batches=num_batches, compress_batch=compress_batch)
+    if not isinstance(memory, ContinualMemory):
+        raise LanceError(f"memory must be a lance ContinualMemory, got {type(memory).__name__}.")
+    cal = calibrate(model, batches, layers, energy=energy, num_batches=num_batches, compress_batch=compress_batch,
+                    space=memory.space)
     modules = resolve_layers(model, layers)
     filled: list[str] = []
     for name, module in modules.items():

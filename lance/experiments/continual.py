@@ -10,6 +10,10 @@ or one shared head for Permuted MNIST) with
   task trains with LANCE layers (compressed activations, weight updates orthogonal to ``M``).
 * ``gpm``: plain BP with every weight gradient projected off GPM's stored bases (patch space
   for convolutions), grown after every task by the same criterion.
+
+``memory_space`` moves either method's memory to the other space: LANCE with ``patch`` keeps
+GPM's patch bases and calibrates every convolution on its unfolded patches, its patch factor
+in their null space (``lance.core.layers.LancePatchConv2d``).
 * ``finetune``: plain sequential BP, nothing kept (the forgetting lower bound).
 * ``multitask``: all tasks' data at once, one run (the joint-training upper bound).
 
@@ -48,7 +52,7 @@ from lance.experiments.results import check_writable
 from lance.core.layers import compress, decompress
 
 __all__ = ["ContinualConfig", "CL_METHODS", "CL_PROFILES", "profile_settings", "continual", "cl_result_name", "acc_bwt",
-           "benchmark_defaults"]
+           "benchmark_defaults", "memory_space"]
 
 CL_METHODS = ("lance", "gpm", "finetune", "multitask")
 
@@ -74,6 +78,13 @@ def _share(name: str, value) -> None:
 def _factor(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 1:
         raise LanceError(f"{name} must be a finite number > 1, got {value!r}.")
+
+
+def _space(name: str, value) -> None:
+    from lance.core.calibration import SPACES
+
+    if value != "":  # "": the method's own
+        one_of(SPACES)(name, value)
 
 
 def _fractions(name: str, value) -> None:
@@ -105,6 +116,9 @@ class ContinualConfig:
     threshold_step: float = option(0.003, "growth of the memory threshold per task (GPM's schedule)", finite_float)
     layer_thresholds: tuple[float, ...] = option((), "per shared layer, in forward order: replaces threshold_base",
                                                  _fractions)
+    memory_space: str = option("", "where a convolution's memory lives: 'feature' (its C input channels, LANCE's "
+                               "reading) or 'patch' (its C*k*k unfolded patches, GPM's and the authors' code); "
+                               "default: LANCE feature, GPM patch", _space)
     memory_examples: int = option(125, "training examples whose layer inputs grow the memory after a task",
                                   positive)
     tasks: int = option(0, "only the first n tasks (0: every task)", non_negative)
@@ -160,6 +174,11 @@ def profile_settings(benchmark: str, profile: str) -> dict:
     return values
 
 
+def memory_space(c: ContinualConfig) -> str:
+    """The space of the run's memory: the one asked for, else the method's own (GPM: patch)."""
+    return c.memory_space or ("patch" if c.method == "gpm" else "feature")
+
+
 def cl_result_name(c: ContinualConfig) -> str:
     extra = ""
     if c.tasks:
@@ -170,6 +189,9 @@ def cl_result_name(c: ContinualConfig) -> str:
         extra += f"_e{c.energy:g}"
     if c.method in ("lance", "gpm") and not c.layer_thresholds and c.threshold_base != ContinualConfig.threshold_base:
         extra += f"_th{c.threshold_base:g}"
+    own = "patch" if c.method == "gpm" else "feature"
+    if c.method in ("lance", "gpm") and c.memory_space not in ("", own):
+        extra += f"_{c.memory_space}"  # only a space other than the method's own is named
     return f"{c.benchmark}_{c.method}_ep{c.epochs}{extra}_s{c.seed}.json"
 
 
@@ -358,8 +380,7 @@ def continual(config: ContinualConfig, *, out_dir: Optional[os.PathLike] = None,
     model = build_cl_model(model_name, [t.classes for t in tasks], benchmark.input_shape,
                            shared_head=benchmark.shared_head, seed=c.seed).to(dev)
     layers = model.layers() + (["heads.0"] if model.shared_head else [])
-    memory = ContinualMemory(space="patch" if c.method == "gpm" else "feature") \
-        if c.method in ("lance", "gpm") else None
+    memory = ContinualMemory(space=memory_space(c)) if c.method in ("lance", "gpm") else None
     ckpt = Path(checkpoint_dir) / name.replace(".json", ".pt") if checkpoint_dir is not None else None
     if ckpt is not None and overwrite:
         ckpt.unlink(missing_ok=True)  # --force: from scratch
@@ -386,7 +407,7 @@ def _on_device(task, device: torch.device):
 def _resume(ckpt, c: ContinualConfig, model: ContinualNet, memory, commit: str):
     """The run's state (and memory) from its checkpoint, or a fresh one; ``commit`` is appended."""
     state = {"done": 0, "matrix": [], "tasks": [], "elapsed": 0.0, "commits": []}
-    saved = load_checkpoint(ckpt, dataclasses.asdict(c))
+    saved = load_checkpoint(ckpt, dataclasses.asdict(c), defaults={"memory_space": ""})
     if saved is not None:
         model.load_state_dict(saved["model"])
         if memory is not None:
