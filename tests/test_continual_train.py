@@ -374,9 +374,12 @@ def test_continual_table_puts_published_numbers_beside_ours(tmp_path):
     from lance.book import tables
     from lance.experiments.results import write_result
 
-    def record(method, acc, bwt, energy=0.9, tasks=0, benchmark="split_cifar100", skipped=(), threshold=0.97):
-        cfg = {**ContinualConfig(benchmark=benchmark, method=method, epochs=10, energy=energy, tasks=tasks,
-                                 threshold_base=threshold).__dict__, "num_tasks": 10}
+    def record(method, acc, bwt, energy=0.9, tasks=0, benchmark="split_cifar100", skipped=(), threshold=0.97,
+               space="", epochs=10):
+        cfg = {**ContinualConfig(benchmark=benchmark, method=method, epochs=epochs, energy=energy, tasks=tasks,
+                                 threshold_base=threshold, memory_space=space).__dict__, "num_tasks": 10}
+        if not space:
+            del cfg["memory_space"]  # files written before the choice existed
         # LANCE's cores: task 2 keeps 4*8 + 2*3*5*5 floats, task 3 fewer; task 1 (plain BP) is not counted
         ranks = [{}, {"fc1": [4, 8], "conv1": [2, 3, 5, 5]}, {"fc1": [2, 8]}]
         return {"config": cfg, "metrics": {"acc": acc, "bwt": bwt, "memory_mb": 1.0, "training_mb": 2.0,
@@ -411,6 +414,24 @@ def test_continual_table_puts_published_numbers_beside_ours(tmp_path):
     # the memory per layer: the default-setting runs of the benchmark only
     by_layer = tables.memory_by_layer(tables.continual_results(tmp_path))
     assert sorted(by_layer.method) == ["gpm", "lance"] and by_layer.MiB.tolist() == [1024 * 3 * 4 / 2 ** 20] * 2
+    # LANCE with a patch memory: its own row, not the default; the space table puts the three side by side
+    # at the budget all of them reached
+    write_result(tmp_path / "g.json", record("lance", 61.0, 0.0, space="patch"))
+    write_result(tmp_path / "h.json", record("lance", 63.0, 0.0, space="patch", epochs=50))
+    write_result(tmp_path / "i.json", record("gpm", 60.0, -1.0, space="patch"))  # a second seed of GPM's cell
+    table = tables.continual_table(tables.continual_results(tmp_path))
+    patch = table[(table.method == "lance") & (table["memory space"] == "patch")]
+    assert len(patch) == 2 and not patch.default.any() and patch["default, any space"].all()
+    assert len(tables.continual_main(table)[lambda t: t.benchmark == "split_cifar100"]) == 2
+    space = tables.memory_space_table(table)
+    assert space.run.tolist() == ["LANCE, channel memory (C)", "LANCE, patch memory (C·k·k)",
+                                  "GPM, patch memory (C·k·k)"]
+    assert space["epochs (max/task)"].tolist() == [10, 10, 10] and space.ACC.tolist() == [58.0, 61.0, 60.0]
+    claims = tables.memory_claims(space).set_index("memory")
+    assert claims.loc["between tasks", "GPM ÷ LANCE (channel)"] == pytest.approx(1.0)
+    assert claims.loc["stored activations", "GPM ÷ LANCE (patch)"] == pytest.approx(
+        1.5 / ((4 * 8 + 2 * 3 * 5 * 5) * 4 / 2 ** 20))
+    assert tables.memory_space_table(table.iloc[:0]).empty
 
 
 def test_flat_inputs_are_standardised_globally():

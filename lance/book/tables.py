@@ -12,7 +12,8 @@ __all__ = ["finetune_results", "finetune_table", "seed_table", "selection_table"
            "hosvd_memory_table", "batch_compressed", "paper_lr", "lr_table", "weight_norm_history",
            "split_weights", "bp_lance_gap", "memory_ratios", "paper_setting", "batch_mode_table", "lr_gaps",
            "continual_default_runs", "final_accuracies", "find_run", "angle_curves", "ablation_table", "continual_main",
-           "continual_results", "continual_table", "memory_by_layer", "stored_activation_mb", "default_settings",
+           "continual_results", "continual_table", "memory_by_layer", "memory_space_table", "memory_claims",
+           "stored_activation_mb", "default_settings",
            "PAPER_MODEL_NAMES"]
 
 #: how the paper names the models of this project
@@ -594,9 +595,10 @@ def stored_activation_mb(run) -> float:
     return max(sum(prod(r) for r in (t.get("ranks") or {}).values()) for t in later) * 4 / 2 ** 20
 
 
-def default_settings(full):
+def default_settings(full, any_space: bool = False):
     """True for runs in the benchmark's default setting: LANCE at the default energy, the
-    memory threshold(s) of the benchmark's defaults."""
+    memory threshold(s) of the benchmark's defaults, each method's memory in its own space
+    (LANCE's channels, GPM's patches; ``any_space``: in either)."""
     from lance.experiments.continual import ContinualConfig, benchmark_defaults
 
     flags = []
@@ -608,8 +610,20 @@ def default_settings(full):
             per_layer = run.get("config.layer_thresholds")  # absent (NaN) in files that predate it
             layer = tuple(per_layer) if isinstance(per_layer, (list, tuple)) else ()
             ok = ok and run["config.threshold_base"] == d["threshold_base"] and layer == tuple(d["layer_thresholds"])
+            ok = ok and (any_space or run_memory_space(run) == ("patch" if method == "gpm" else "feature"))
         flags.append(bool(ok))
     return flags
+
+
+def run_memory_space(run):
+    """The space a LANCE or GPM run kept its memory in (``feature`` or ``patch``; files written
+    before the choice existed used the method's own), None for the other methods. ``run`` is a
+    row of :func:`continual_results`."""
+    method = run["config.method"]
+    if method not in ("lance", "gpm"):
+        return None
+    given = run.get("config.memory_space")
+    return given if isinstance(given, str) and given else ("patch" if method == "gpm" else "feature")
 
 
 def continual_table(results):
@@ -635,13 +649,16 @@ def continual_table(results):
                      for lt, base in zip(per_layer, full["config.threshold_base"])]
         full["memory threshold"] = pd.Series(threshold, index=full.index).where(
             full["config.method"].isin(["lance", "gpm"]))
+        full["memory space"] = [run_memory_space(run) for _, run in full.iterrows()]
         full["default"] = default_settings(full)
+        full["default, any space"] = default_settings(full, any_space=True)
         full["stored"] = [stored_activation_mb(run) for _, run in full.iterrows()]
         skipped = full.get("metrics.skipped_datasets", pd.Series([None] * len(full), index=full.index))
         full["subset"] = [", ".join(s) if isinstance(s, list) and s else "" for s in skipped]
-        keys = ["config.benchmark", "config.method", "energy", "memory threshold", "config.epochs",
-                "config.train_limit", "subset", "default"]
-        for (bench, method, energy, threshold, epochs, limit, subset, default), grp in full.groupby(keys, dropna=False):
+        keys = ["config.benchmark", "config.method", "energy", "memory threshold", "memory space", "config.epochs",
+                "config.train_limit", "subset", "default", "default, any space"]
+        for (bench, method, energy, threshold, space, epochs, limit, subset, default, any_space), grp in full.groupby(
+                keys, dropna=False):
             p = paper[(paper.benchmark == bench) & (paper.method == method)]
             if subset:  # not the published benchmark
                 p = p.iloc[:0]
@@ -654,10 +671,12 @@ def continual_table(results):
                 "stored activations (MiB)": grp["stored"].mean(),
                 "training memory (MiB)": grp["metrics.training_mb"].mean(),
                 "energy": energy, "memory threshold": threshold,
+                "memory space": space if isinstance(space, str) else None,
                 "epochs (max/task)": int(epochs),
                 "train images/task": int(limit) if limit else "all",
                 "tasks": int(grp["config.num_tasks"].max()), "missing datasets": subset,
                 "seeds": int(grp["config.seed"].nunique()), "default": bool(default),
+                "default, any space": bool(any_space),
                 "source": p.source.iloc[0] if len(p) else None,
             })
     table = pd.DataFrame(rows)
@@ -685,12 +704,65 @@ def memory_by_layer(results, benchmark: str = "split_cifar100"):
     return pd.DataFrame(rows)
 
 
+SPACE_LABELS = {("lance", "feature"): "LANCE, channel memory (C)", ("lance", "patch"): "LANCE, patch memory (C·k·k)",
+                ("gpm", "patch"): "GPM, patch memory (C·k·k)", ("gpm", "feature"): "GPM, channel memory (C)"}
+
+_MEMORY_KINDS = {"memory between tasks (MiB)": "between tasks", "stored activations (MiB)": "stored activations",
+                 "training memory (MiB)": "in training"}
+
+
+def memory_space_table(every, benchmark: str = "split_cifar100"):
+    """LANCE with its memory in the channel space and in the patch space, beside GPM, in the
+    benchmark's default setting otherwise, on every training image: one row per (method, space)
+    at the largest epoch budget that every one of them reached (else each at its largest).
+    ``every`` is :func:`continual_table`'s result. Columns: ``run`` (a label), ``method``,
+    ``memory space``, ACC, BWT, the three memories and ``epochs (max/task)``."""
+    import pandas as pd
+
+    cols = ["run", "method", "memory space", "ACC", "BWT", *_MEMORY_KINDS, "epochs (max/task)"]
+    if not len(every):
+        return pd.DataFrame(columns=cols)
+    rows = every[(every.benchmark == benchmark) & every.method.isin(["lance", "gpm"]) & every["default, any space"]
+                 & (every["train images/task"] == "all")]
+    if not len(rows):
+        return pd.DataFrame(columns=cols)
+    budgets = [set(grp["epochs (max/task)"]) for _, grp in rows.groupby(["method", "memory space"])]
+    common = set.intersection(*budgets)
+    if common:
+        rows = rows[rows["epochs (max/task)"] == max(common)]
+    else:
+        rows = rows.sort_values("epochs (max/task)").groupby(["method", "memory space"]).tail(1)
+    rows = rows.assign(run=[SPACE_LABELS[(m, sp)] for m, sp in zip(rows.method, rows["memory space"])])
+    order = list(SPACE_LABELS)
+    rows = rows.assign(_o=[order.index((m, sp)) for m, sp in zip(rows.method, rows["memory space"])])
+    return rows.sort_values("_o")[cols].reset_index(drop=True)
+
+
+def memory_claims(space_table):
+    """From :func:`memory_space_table`: for each of the three memories, GPM's over LANCE's with
+    LANCE's memory in each space (above 1: LANCE keeps a fraction of GPM's). Rows: the memory;
+    columns: ``GPM ÷ LANCE (channel)``, ``GPM ÷ LANCE (patch)``."""
+    import pandas as pd
+
+    by = {(r.method, r["memory space"]): r for _, r in space_table.iterrows()}
+    gpm = by.get(("gpm", "patch"))
+    rows = []
+    for col, kind in _MEMORY_KINDS.items():
+        row = {"memory": kind}
+        for space, label in (("feature", "GPM ÷ LANCE (channel)"), ("patch", "GPM ÷ LANCE (patch)")):
+            mine = by.get(("lance", space))
+            row[label] = (float(gpm[col]) / float(mine[col]) if gpm is not None and mine is not None
+                          and float(mine[col]) > 0 else None)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def continual_main(every):
     """The rows of :func:`continual_table` in each benchmark's default setting, one per
     (benchmark, method, training images per task): the run with the largest epoch budget."""
     if not len(every):
         return every
-    full = every[every["default"]].drop(columns="default")
+    full = every[every["default"]].drop(columns=["default", "default, any space"])
     return (full.sort_values("epochs (max/task)", ascending=False, kind="stable")
             .drop_duplicates(["benchmark", "method", "train images/task"]).sort_index().reset_index(drop=True))
 
