@@ -4,7 +4,10 @@
 head) of ResNet18 at 224 px and batch 128, as the paper does, and prints, measured in one
 run: the forward and backward time of one training step (median and range over repeats)
 and the bytes autograd saves for the trainable layers, for BP and for LANCE at eps 0.7, and
-their ratios. The frozen trunk's output is computed once and reused: the step timed is the
+their ratios. With ``lean`` (the default) a third model, LANCE with a lean step
+(``lance.core.lean``: frozen BatchNorm keeps no activation and ReLU one bit per element; the
+gradients are unchanged), shows how far the whole step's saved bytes fall when
+what lies between the trained layers is kept compact too. The frozen trunk's output is computed once and reused: the step timed is the
 part of the network that training runs through (from the block of the first trained layer
 of the deepest setting to the head). ``--model`` takes any model ``lance.models.zoo.build`` knows.
 """
@@ -25,7 +28,7 @@ from lance.analysis.accounting import MIB, activation_memory, measured_bytes, sa
 from lance.core.calibration import calibrate
 from lance.analysis.methods import apply_method, ranks_of
 from lance.errors import LanceError
-from lance.experiments.config import (distinct, fraction, model_names, non_negative, one_of, option, positive,
+from lance.experiments.config import (distinct, flag, fraction, model_names, non_negative, one_of, option, positive,
                                      resolution_px, validate)
 from lance.experiments.device import synchronize
 from lance.experiments.cache import split_model
@@ -52,6 +55,10 @@ class BenchmarkConfig:
     calibration_batches: int = option(4, "Phase I batches", positive)
     repeats: int = option(5, "timed steps per method and setting", positive)
     seed: int = option(0, "seed", non_negative)
+    lean: bool = option(True, "also LANCE with a lean step: frozen BatchNorm keeps no activation, ReLU one bit "
+                              "per element; gradients unchanged", flag)
+    compress_head: bool = option(False, "in the lean step, compress the head's input too (a LANCE linear layer)",
+                                 flag)
     weights_dir: Optional[str] = None
     threads: Optional[int] = None
 
@@ -132,17 +139,24 @@ def run_benchmark(cfg: BenchmarkConfig, log=print, device: str = "cpu") -> dict:
         names = trainable_layers(net, n)
         base = copy.deepcopy(split.suffix)
         set_trainable(base, names + [head_name(base)])
-        cal = calibrate(base, calib_inputs, names, energy=cfg.energy, num_batches=cfg.calibration_batches)
+        head = head_name(base)
+        cal = calibrate(base, calib_inputs, names + ([head] if cfg.lean and cfg.compress_head else []),
+                        energy=cfg.energy, num_batches=cfg.calibration_batches)
         table = activation_memory(base, names, in_size, cfg.batch_size, calibration=cal)
-        nets = {m: apply_method(copy.deepcopy(base) if m != "bp" else base, m, cal) for m in ("bp", "lance")}
+        # plain LANCE trains its head on the full input; the lean step compresses it when asked
+        nets = {"bp": base, "lance": apply_method(copy.deepcopy(base), "lance", cal_without(cal, head))}
+        if cfg.lean:
+            from lance.core.lean import lean
+
+            nets["lean"] = lean(apply_method(copy.deepcopy(base), "lance", cal))
         step = {}
         for method, model in nets.items():
             res = StepResult(n, method)
             report = saved_tensors(model, x)
             res.saved_bytes = sum(measured_bytes(report, names).values())
             res.total_saved_bytes = int(report[report.kind != "parameter"].drop_duplicates("storage").bytes.sum())
-            res.analytic_bytes = int(table[f"{method}_bytes"].sum())
-            res.ranks = ranks_of(model, names, method, cal)
+            res.analytic_bytes = int(table["bp_bytes" if method == "bp" else "lance_bytes"].sum())
+            res.ranks = ranks_of(model, names, "bp" if method == "bp" else "lance", cal)
             step[method] = res
         _time_steps(nets, x, target, cfg.repeats, step)
         for method, res in step.items():
@@ -155,6 +169,14 @@ def run_benchmark(cfg: BenchmarkConfig, log=print, device: str = "cpu") -> dict:
         "results": [{**asdict(r), "step_s": r.step_s} for r in results],
         "provenance": {**provenance(config=asdict(cfg), seed=cfg.seed, wall_time_s=wall), "device": device_name(dev)},
     }
+
+
+def cal_without(cal, name: str):
+    """The calibration without one layer."""
+    from lance.core.calibration import Calibration
+
+    return Calibration({k: v for k, v in cal.layers.items() if k != name}, cal.energy, cal.num_batches,
+                       cal.compress_batch)
 
 
 def result_record(out: dict) -> dict:
@@ -193,8 +215,9 @@ def format_report(out: dict) -> str:
         f"{'saved MiB':>10} {'analytic MiB':>12} {'all saved MiB':>13}",
     ]
     fmt = lambda v: f"{statistics.median(v) * 1e3:7.1f} [{min(v) * 1e3:6.1f},{max(v) * 1e3:6.1f}]"  # noqa: E731
+    methods = [m for m in ("bp", "lance", "lean") if any(key[1] == m for key in rows)]
     for n in cfg["layer_counts"]:
-        for method in ("bp", "lance"):
+        for method in methods:
             r = rows[(n, method)]
             lines.append(f"{n:>6} {method:>6} {fmt(r['forward_s']):>22} {fmt(r['backward_s']):>22} "
                          f"{fmt(r['step_s']):>22} {r['saved_bytes'] / MIB:>10.3f} {r['analytic_bytes'] / MIB:>12.3f} "
@@ -206,4 +229,14 @@ def format_report(out: dict) -> str:
         m = bp["saved_bytes"] / la["saved_bytes"]
         lines.append(f"last {n} layers: BP/LANCE step time {t:.2f}x, saved bytes {m:.1f}x "
                      f"(LANCE ranks {la['ranks']})")
+        whole = f"  the whole step's saved bytes: BP/LANCE {bp['total_saved_bytes'] / la['total_saved_bytes']:.1f}x"
+        if (n, "lean") in rows:
+            le = rows[(n, "lean")]
+            whole += (f", BP/lean {bp['total_saved_bytes'] / le['total_saved_bytes']:.1f}x; lean step time "
+                      f"{statistics.median(le['step_s']) / statistics.median(la['step_s']):.2f}x LANCE's")
+        lines.append(whole)
+    if "lean" in methods:
+        lines.append("lean: LANCE, frozen BatchNorm keeping no activation and ReLU one bit per element"
+                     + (", the head's input compressed" if cfg.get("compress_head")
+                                                     else "") + "; the gradients are unchanged")
     return "\n".join(lines)
