@@ -26,7 +26,8 @@ from lance.core.hosvd import projection_order
 from lance.core.layers import LanceLayer
 from lance.core.selection import resolve_layers
 
-__all__ = ["activation_memory", "saved_tensors", "measured_bytes", "layer_shapes", "paper_convention_tmacs", "paper_hosvd_tmacs", "MIB"]
+__all__ = ["activation_memory", "saved_tensors", "measured_bytes", "step_breakdown", "layer_shapes",
+           "paper_convention_tmacs", "paper_hosvd_tmacs", "MIB", "STEP_KINDS"]
 
 MIB = 2 ** 20
 
@@ -257,3 +258,31 @@ def measured_bytes(report, layers: Sequence[str]) -> dict[str, int]:
     activations and buffers (a LANCE layer's factors); parameters are never counted."""
     keep = report[report.kind != "parameter"]
     return {name: int(keep[keep.module == name].bytes.sum()) for name in layers}
+
+
+#: the kinds of tensor a training step keeps, in the order :func:`step_breakdown` lists them
+STEP_KINDS = ("trained layers' inputs or cores", "trained layers' factors", "BatchNorm", "ReLU / ReLU6",
+              "head's input", "other")
+
+
+def step_breakdown(report, layers: Sequence[str], head: Optional[str] = None) -> dict[str, int]:
+    """Bytes a whole training step keeps, by kind of tensor (:data:`STEP_KINDS`), from a
+    :func:`saved_tensors` report: the trained layers' saved inputs (BP) or cores (LANCE), their
+    fixed factors, what BatchNorm and the ReLUs keep (activations and statistics), the head's
+    input (``head``: its name) and everything else. Parameters are not counted; a storage kept
+    by two modules counts once, for the first."""
+    keep = report[report.kind != "parameter"].drop_duplicates("storage")
+    out = dict.fromkeys(STEP_KINDS, 0)
+    for _, row in keep.iterrows():
+        if row.module in layers:
+            kind = STEP_KINDS[0] if row.kind == "activation" else STEP_KINDS[1]
+        elif "BatchNorm" in row.module_type:
+            kind = STEP_KINDS[2]
+        elif "ReLU" in row.module_type:
+            kind = STEP_KINDS[3]
+        elif head is not None and row.module == head:
+            kind = STEP_KINDS[4]
+        else:
+            kind = STEP_KINDS[5]
+        out[kind] += int(row.bytes)
+    return out
