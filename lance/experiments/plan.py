@@ -123,11 +123,12 @@ PLAN: list[PlannedRun] = [
     *[PlannedRun("Table 3: continual learning", "continual", {"benchmark": b, "method": m},
                  f"python -m lance continual --benchmark {b} --methods {m}")
       for b in ("split_cifar100", "permuted_mnist", "five_datasets") for m in ("lance", "gpm", "finetune", "multitask")],
-    # chapter 8: LANCE with its memory in GPM's patch space, at the book's budget and then with 50 epochs
-    # per task (the lr schedule fires; the paper's 200 are out of reach of these CPUs)
-    PlannedRun("Chapter 8: LANCE's memory in the patch space", "continual",
-               {"benchmark": "split_cifar100", "method": "lance", "memory_space": "patch", "epochs": 10},
-               "python -m lance continual --benchmark split_cifar100 --methods lance --memory-space patch --epochs 10"),
+    # chapter 8: LANCE with its memory in GPM's patch space (and GPM in LANCE's channels) at the book's
+    # budget; then 50 epochs per task (the lr schedule fires; the paper's 200 are out of reach of these CPUs)
+    *[PlannedRun("Chapter 8: each method's memory in the other space", "continual",
+                 {"benchmark": "split_cifar100", "method": m, "memory_space": sp, "epochs": 10},
+                 f"python -m lance continual --benchmark split_cifar100 --methods {m} --memory-space {sp} --epochs 10")
+      for m, sp in (("lance", "patch"), ("gpm", "feature"))],
     *[PlannedRun("Split CIFAR-100 at 50 epochs per task", "continual",
                  {"benchmark": "split_cifar100", "method": m, "epochs": 50, **({"memory_space": sp} if sp else {})},
                  f"python -m lance continual --benchmark split_cifar100 --methods {m} --epochs 50"
