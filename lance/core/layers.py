@@ -374,6 +374,8 @@ class LanceLayer:
 class LanceConv2d(LanceLayer, nn.Conv2d):
     """Drop-in ``nn.Conv2d`` that keeps only the projected core of its input for backward."""
 
+    n_input_modes = 4  # batch, channel, height, width
+
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, calibration: Optional[LayerCalibration]) -> "LanceConv2d":
         new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
@@ -381,7 +383,7 @@ class LanceConv2d(LanceLayer, nn.Conv2d):
                   device="meta")
         new.weight, new.bias = conv.weight, conv.bias
         new.train(conv.training)
-        new._init_factors(calibration, 4)
+        new._init_factors(calibration, cls.n_input_modes)
         new.geometry = ConvGeometry.of(conv)
         return new
 
@@ -394,23 +396,18 @@ class LanceConv2d(LanceLayer, nn.Conv2d):
         return super().extra_repr() + f", ranks={tuple(self.ranks)}"
 
 
-class LancePatchConv2d(LanceLayer, nn.Conv2d):
+class LancePatchConv2d(LanceConv2d):
     """Drop-in ``nn.Conv2d`` calibrated in the patch space (``calibrate(..., space="patch")``): it
     keeps the core of its input's unfolded patches ``(B, C*k*k, L)`` for backward, and its
     weight gradient's rows lie in the span of the patch factor, which is how a patch-space
     memory (GPM's) protects earlier tasks. ``groups == 1`` and numeric zero padding only."""
 
+    n_input_modes = 3  # batch, patch, position
+
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, calibration: Optional[LayerCalibration]) -> "LancePatchConv2d":
         check_patchable(conv)
-        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                  conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
-                  device="meta")
-        new.weight, new.bias = conv.weight, conv.bias
-        new.train(conv.training)
-        new._init_factors(calibration, 3)
-        new.geometry = ConvGeometry.of(conv)
-        return new
+        return super().from_conv(conv, calibration)
 
     def factors_for(self, x: Tensor) -> list[Optional[Tensor]]:
         if x.dim() != 4:
@@ -434,11 +431,11 @@ class LancePatchConv2d(LanceLayer, nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._wants_compression(x):
-            return super().forward(x)
+            return nn.Conv2d.forward(self, x)
         return lance_patch_conv2d(x, self.weight, self.bias, self.geometry, self.factors_for(x))
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", space=patch, ranks={tuple(self.ranks)}"
+        return nn.Conv2d.extra_repr(self) + f", space=patch, ranks={tuple(self.ranks)}"
 
 
 class LanceLinear(LanceLayer, nn.Linear):
