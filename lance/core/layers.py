@@ -207,23 +207,28 @@ class _LanceConv2dFunction(torch.autograd.Function):
         ctx.has_bias = bias is not None
         core = project(x.detach(), factors) if ctx.needs_input_grad[1] else None
         ctx.save_for_backward(core, weight if ctx.needs_input_grad[0] else None, *factors)
+        shape = ctx.weight_shape  # captured by value: a closure over ctx would make a reference cycle
+        ctx.weight_grad = lambda core, factors, grad_out: conv_weight_grad_from_core(
+            core, factors, grad_out, geometry, shape)
         return y
 
     @staticmethod
     def backward(ctx, grad_out):
         core, weight, *factors = ctx.saved_tensors
-        g = ctx.geometry
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = g.input_grad(ctx.input_shape, weight, grad_out, ctx.memory_format)
+            grad_x = ctx.geometry.input_grad(ctx.input_shape, weight, grad_out, ctx.memory_format)
         if ctx.needs_input_grad[1]:
-            grad_w = conv_weight_grad_from_core(core, factors, grad_out, g, ctx.weight_shape)
+            grad_w = ctx.weight_grad(core, factors, grad_out)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+        return (grad_x, grad_w, grad_b, None) + (None,) * len(factors)
 
 
-class _LancePatchConv2dFunction(torch.autograd.Function):
+class _LancePatchConv2dFunction(_LanceConv2dFunction):
+    """The conv's autograd function with the core taken of the unfolded patches; the backward is
+    the conv's, with the patch-space weight gradient."""
+
     @staticmethod
     def forward(ctx, x, weight, bias, geometry, u_b, u_p, u_l):
         factors = (u_b, u_p, u_l)
@@ -241,19 +246,9 @@ class _LancePatchConv2dFunction(torch.autograd.Function):
             patches = F.unfold(z, weight.shape[2:], geometry.dilation, geometry.kernel_padding, geometry.stride)
             core = project(patches, (None, u_p, u_l))
         ctx.save_for_backward(core, weight if ctx.needs_input_grad[0] else None, *factors)
+        shape = ctx.weight_shape
+        ctx.weight_grad = lambda core, factors, grad_out: patch_weight_grad_from_core(core, factors, grad_out, shape)
         return y
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        core, weight, *factors = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = ctx.geometry.input_grad(ctx.input_shape, weight, grad_out, ctx.memory_format)
-        if ctx.needs_input_grad[1]:
-            grad_w = patch_weight_grad_from_core(core, factors, grad_out, ctx.weight_shape)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 class _LanceLinearFunction(torch.autograd.Function):
