@@ -40,13 +40,21 @@ MATHJAX_PARTS := tex-mml-chtml.js input output a11y sre ui adaptors
 export LANCE_DATA_DIR    ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets))
 export LANCE_WEIGHTS_DIR ?= $(if $(wildcard ../shared/weights),$(abspath ../shared/weights))
 
+# Cores (nproc would count OMP_NUM_THREADS, which the recipes below set): the notebooks are executed
+# BOOK_JOBS at a time and the tests run in TEST_WORKERS workers, each with its share of the cores as
+# torch threads (make book BOOK_JOBS=1 for one notebook at a time).
+NPROC        := $(shell env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 1)
+BOOK_JOBS    ?= $(NPROC)
+TEST_WORKERS ?= $(NPROC)
+threads_of    = $(shell echo $$(( $(NPROC) / $(1) > 0 ? $(NPROC) / $(1) : 1 )))
+
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 EXECUTED  := $(patsubst notebooks/%.ipynb,$(EXEC)/%.ipynb,$(NOTEBOOKS))
 # A notebook is re-executed when it, any file of the package or any file under data/ changed.
 LANCE_FILES := $(shell find lance -type f -not -path '*/__pycache__/*' -not -name '*.pyc' 2>/dev/null)
 DATA_FILES  := $(shell find data -type f 2>/dev/null)
 
-.PHONY: setup book test check-html benchmark latency clean distclean
+.PHONY: setup execute book test check-html benchmark latency clean distclean
 
 ## setup: .venv with the pinned dependencies and lance (editable); re-run only when pyproject.toml changes
 setup: $(STAMP) $(MATHJAX_JS)
@@ -84,8 +92,12 @@ $(MATHJAX_JS):
 	rm -f $(MATHJAX)/mathjax-$(MATHJAX_VERSION).tgz
 	touch $@
 
-## book: execute every notebook with papermill, stage the sources, build the HTML into _build/html
-book: $(EXECUTED) | $(STAMP) $(MATHJAX_JS)
+## execute: run every notebook that changed with papermill, BOOK_JOBS at a time, into _build/executed/
+execute: $(EXECUTED)
+
+## book: execute the notebooks, stage the sources, build the HTML into _build/html
+book: | $(STAMP) $(MATHJAX_JS)
+	@$(MAKE) --no-print-directory -j$(BOOK_JOBS) execute
 	rm -rf $(SRC)
 	mkdir -p $(SRC)/notebooks
 	cp -p _config.yml _toc.yml $(SRC)/
@@ -106,15 +118,19 @@ book: $(EXECUTED) | $(STAMP) $(MATHJAX_JS)
 $(EXEC)/%.ipynb: notebooks/%.ipynb $(LANCE_FILES) $(DATA_FILES) | $(STAMP)
 	@mkdir -p $(@D)
 	@rm -f $(FAILED)/$*.ipynb
-	$(BIN)/papermill $< $(@D)/.$*.tmp.ipynb --cwd notebooks -p profile $(PROFILE) \
+	OMP_NUM_THREADS=$(call threads_of,$(BOOK_JOBS)) $(BIN)/papermill $< $(@D)/.$*.tmp.ipynb --cwd notebooks -p profile $(PROFILE) \
 	  || { mkdir -p $(FAILED); mv -f $(@D)/.$*.tmp.ipynb $(FAILED)/$*.ipynb 2>/dev/null; \
 	       echo "papermill failed: $< (executed copy in $(FAILED)/$*.ipynb)" >&2; exit 1; }
 	mv -f $(@D)/.$*.tmp.ipynb $@
 
-## test: unit tests and nbval on the committed notebooks, in one pytest run
-# ($(wildcard notebooks): a fresh clone has no notebooks/ until a notebook is committed)
+## test: unit tests and nbval on the committed notebooks, in one pytest run of TEST_WORKERS workers
+# (pytest-xdist; --dist loadscope keeps each test module, and each notebook's cells, in one worker;
+# tests/conftest.py puts the book build, the longest test, first and --no-loadscope-reorder keeps it
+# there, so that one worker starts on it at once while the others share out the rest). $(wildcard notebooks): a fresh
+# clone has no notebooks/ until a notebook is committed.
 test: $(STAMP)
-	LANCE_BOOK_TEST=1 $(BIN)/python -m pytest tests $(wildcard notebooks) --nbval-lax -p no:cacheprovider
+	LANCE_BOOK_TEST=1 OMP_NUM_THREADS=$(call threads_of,$(TEST_WORKERS)) $(BIN)/python -m pytest tests \
+	  $(wildcard notebooks) --nbval-lax -p no:cacheprovider -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 ## check-html: every page of _build/html in headless Chromium (tests/check_html.py); run make book first
 check-html: $(STAMP)
