@@ -12,6 +12,7 @@ import re
 import pytest
 import torch
 
+import lance
 import lance.data
 import lance.data.catalog
 from lance.cli import main
@@ -229,3 +230,36 @@ def test_a_result_of_another_configuration_is_not_taken_for_done(tmp_path, capsy
     assert main(["sweep", "--methods", "bp", "--layers", "2", "--out", str(tmp_path),
                  "--checkpoint-dir", str(tmp_path / "c")]) == 2
     assert "another configuration (lr: 0.01 there, 0.05 now)" in capsys.readouterr().err
+
+
+def _foreign_checkpoint_cases(tmp_path):
+    """(run, path of its checkpoint, its config) for fine-tuning, continual learning and pretraining."""
+    from lance.experiments.continual import ContinualConfig, cl_result_name, continual
+    from lance.experiments.finetune import FinetuneConfig, finetune, result_name
+    from lance.experiments.pretrain import PretrainConfig, checkpoint_name, pretrain
+
+    ft, cl, pt = FinetuneConfig(method="lance", epochs=2), ContinualConfig(method="lance"), PretrainConfig(epochs=2)
+    return {
+        "finetune": (lambda: finetune(ft, checkpoint_dir=tmp_path, progress=False),
+                     tmp_path / (result_name(ft)[:-5] + ".pt"), ft),
+        "continual": (lambda: continual(cl, checkpoint_dir=tmp_path),
+                      tmp_path / cl_result_name(cl).replace(".json", ".pt"), cl),
+        "pretrain": (lambda: pretrain(pt, out_dir=tmp_path, results_dir=None, progress=False),
+                     tmp_path / f"{checkpoint_name(pt)}.ckpt", pt),
+    }
+
+
+@pytest.mark.parametrize("driver", ["finetune", "continual", "pretrain"])
+def test_another_runs_checkpoint_is_refused_before_any_data_is_read(driver, tmp_path, no_data):
+    """A checkpoint under the run's name written for another configuration (here: another seed,
+    which the file name of a planted or renamed file need not show) is refused at once, with what
+    differs, and left in place."""
+    import dataclasses
+
+    from lance.experiments.checkpoints import save_checkpoint
+
+    run, path, cfg = _foreign_checkpoint_cases(tmp_path)[driver]
+    save_checkpoint(path, {"epoch": 1}, {**dataclasses.asdict(cfg), "seed": 7})
+    with pytest.raises(lance.LanceError, match=rf"another configuration \(seed: 7 there, {cfg.seed} now\)"):
+        run()
+    assert path.exists()

@@ -20,7 +20,7 @@ import torch
 from lance.errors import LanceError
 from lance.experiments.results import FILE_MODE  # results and checkpoints alike: 0644
 
-__all__ = ["save_checkpoint", "load_checkpoint", "save_weights", "safe_load", "FILE_MODE"]
+__all__ = ["save_checkpoint", "load_checkpoint", "check_checkpoint", "save_weights", "safe_load", "FILE_MODE"]
 
 
 
@@ -86,15 +86,27 @@ def load_checkpoint(path: Optional[str | os.PathLike], config: dict,
     checkpoint of another configuration, or one without its configuration, is refused; a key
     of ``config`` that the checkpoint lacks (a field added since) is taken at its value in
     ``defaults``."""
+    return _load(path, config, defaults, partial=False)
+
+
+def check_checkpoint(path: Optional[str | os.PathLike], config: dict, defaults: Optional[dict] = None) -> None:
+    """Refuse, before any data is loaded, a checkpoint at ``path`` written for another
+    configuration: only the keys of ``config`` are compared (the run adds what it learns from
+    its data and weights, such as their checksums, when it resumes with :func:`load_checkpoint`)."""
+    _load(path, config, defaults, partial=True)
+
+
+def _load(path, config: dict, defaults: Optional[dict], partial: bool) -> Optional[dict]:
     if not isinstance(config, dict):
         raise LanceError(f"load_checkpoint needs the run's config as a dict, got {type(config).__name__}.")
     if path is None or not Path(path).exists():
         return None
     saved = safe_load(path, "checkpoint")
-    if not isinstance(saved, dict) or "config" not in saved:
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
         raise LanceError(f"checkpoint {path} does not record its configuration, so it cannot be told apart from "
                          "another run's; delete it, or pass --force to start the run afresh.")
-    diffs = _differences(saved["config"], config, defaults or {})
+    stored = {k: v for k, v in saved["config"].items() if k in config} if partial else saved["config"]
+    diffs = _differences(stored, config, defaults or {})
     if diffs:
         raise LanceError(f"checkpoint {path} was written for another configuration ({'; '.join(diffs[:3])}); "
                          "pass --force to start afresh, or delete it.")

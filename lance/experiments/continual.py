@@ -45,7 +45,7 @@ from lance.data.tasks import Benchmark, build_benchmark
 from lance.models.continual import DEFAULT_MODEL, ContinualNet, build_cl_model
 from lance.core.memory import ContinualMemory, calibrate_in_null_space, gpm_threshold, project_gradients
 from lance.errors import LanceError
-from lance.experiments.checkpoints import load_checkpoint, save_checkpoint
+from lance.experiments.checkpoints import check_checkpoint, load_checkpoint, save_checkpoint
 from lance.experiments.config import (finite_float, flag, fraction, non_negative, one_of, option, positive,
                                      positive_float, seed_value, validate)
 from lance.experiments.results import check_writable
@@ -362,6 +362,10 @@ def continual(config: ContinualConfig, *, out_dir: Optional[os.PathLike] = None,
     name = cl_result_name(c)
     if out_dir is not None:  # before any data is loaded
         check_writable(Path(out_dir) / name, overwrite=overwrite)
+    ckpt = Path(checkpoint_dir) / name.replace(".json", ".pt") if checkpoint_dir is not None else None
+    if ckpt is not None and overwrite:
+        ckpt.unlink(missing_ok=True)  # --force: from scratch
+    check_checkpoint(ckpt, dataclasses.asdict(c), defaults=_CHECKPOINT_DEFAULTS)  # another run's: refused now
     start = time.time()
     started = {**provenance(c, seed=c.seed), "device": device_name(dev)}  # the code at the start
     if benchmark is None:
@@ -381,9 +385,6 @@ def continual(config: ContinualConfig, *, out_dir: Optional[os.PathLike] = None,
                            shared_head=benchmark.shared_head, seed=c.seed).to(dev)
     layers = model.layers() + (["heads.0"] if model.shared_head else [])
     memory = ContinualMemory(space=memory_space(c)) if c.method in ("lance", "gpm") else None
-    ckpt = Path(checkpoint_dir) / name.replace(".json", ".pt") if checkpoint_dir is not None else None
-    if ckpt is not None and overwrite:
-        ckpt.unlink(missing_ok=True)  # --force: from scratch
     state, memory = _resume(ckpt, c, model, memory, started["commit"])
     memory = None if memory is None else memory.to(dev)  # a checkpoint loads onto the CPU
     _learn_sequence(model, tasks, layers, c, benchmark, memory, state, ckpt, progress)
@@ -404,10 +405,13 @@ def _on_device(task, device: torch.device):
     return dataclasses.replace(task, train=move(task.train), val=move(task.val), test=move(task.test))
 
 
+_CHECKPOINT_DEFAULTS = {"memory_space": ""}  # fields added since older checkpoints were written
+
+
 def _resume(ckpt, c: ContinualConfig, model: ContinualNet, memory, commit: str):
     """The run's state (and memory) from its checkpoint, or a fresh one; ``commit`` is appended."""
     state = {"done": 0, "matrix": [], "tasks": [], "elapsed": 0.0, "commits": []}
-    saved = load_checkpoint(ckpt, dataclasses.asdict(c), defaults={"memory_space": ""})
+    saved = load_checkpoint(ckpt, dataclasses.asdict(c), defaults=_CHECKPOINT_DEFAULTS)
     if saved is not None:
         model.load_state_dict(saved["model"])
         if memory is not None:

@@ -30,7 +30,7 @@ from lance.analysis.methods import METHODS, apply_method
 from lance.experiments.cache import FeatureCache, split_model
 from lance.core.calibration import calibrate
 from lance.errors import DivergedError, LanceError
-from lance.experiments.checkpoints import load_checkpoint, safe_load, save_checkpoint
+from lance.experiments.checkpoints import check_checkpoint, load_checkpoint, safe_load, save_checkpoint
 from lance.experiments.device import device_name, resolve_device
 from lance.experiments.config import (at_most, dataset_names, finite_float, flag, fraction, model_names,
                                      non_negative, one_of, option, positive, resolution_px, seed_value, span,
@@ -590,6 +590,8 @@ def _start(cfg, out_dir, checkpoint_dir, overwrite: bool, device):
         check_writable(ckpt_path, overwrite=True)
         if overwrite:
             ckpt_path.unlink(missing_ok=True)
+        else:  # another run's checkpoint under this name: refused now, not after the data is loaded
+            check_checkpoint(ckpt_path, dataclasses.asdict(cfg), defaults=dataclasses.asdict(FinetuneConfig()))
     return dev, out_path, ckpt_path
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from lance.errors import DivergedError, LanceError
-from lance.experiments.checkpoints import load_checkpoint, save_checkpoint, save_weights
+from lance.experiments.checkpoints import check_checkpoint, load_checkpoint, save_checkpoint, save_weights
 from lance.experiments.config import (dataset_names, finite_float, model_names, non_negative, one_of, option,
                                      positive, positive_float, seed_value, span, validate)
 
@@ -135,6 +135,10 @@ def pretrain(cfg: PretrainConfig, *, data_dir=None, out_dir: str | os.PathLike =
     dev = resolve_device(device)  # a missing GPU is refused before any data is read
     started = {**provenance(config=dataclasses.asdict(cfg), seed=cfg.seed), "device": device_name(dev)}
     t_start = time.perf_counter()
+    name = checkpoint_name(cfg)
+    out_dir = Path(out_dir)
+    ckpt = out_dir / f"{name}.ckpt"
+    check_checkpoint(ckpt, dataclasses.asdict(cfg))  # another run's checkpoint: refused before the data is read
     wanted = list(range(*cfg.classes))
     train = data.split_classes(data.load(cfg.dataset, "train", data_dir), wanted)
     test = data.split_classes(data.load(cfg.dataset, "test", data_dir), wanted)
@@ -151,10 +155,7 @@ def pretrain(cfg: PretrainConfig, *, data_dir=None, out_dir: str | os.PathLike =
     steps = len(train.labels) // cfg.batch_size
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
-    name = checkpoint_name(cfg)
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = out_dir / f"{name}.ckpt"
     history, first, before = [], 0, 0.0  # before: seconds spent by earlier processes on this run
     state = load_checkpoint(ckpt, dataclasses.asdict(cfg))
     if state is not None:
