@@ -570,6 +570,21 @@ def _record(cfg: FinetuneConfig, s: _Setup, run: _RunState, table, lance_layers,
     return record
 
 
+def _check_limits(cfg: FinetuneConfig) -> None:
+    """What ``--train-limit`` rules out before any data is read (a run without it has the whole
+    training set, whose size is known only once it is read: :func:`_phase_one` checks that)."""
+    if not cfg.train_limit:
+        return
+    batches = cfg.train_limit // cfg.batch_size
+    if batches == 0:
+        raise LanceError(f"--train-limit {cfg.train_limit} is fewer than one batch of {cfg.batch_size}; lower "
+                         "--batch-size or raise --train-limit.")
+    if cfg.method in ("lance", "asi") and cfg.calibration_batches > batches:
+        raise LanceError(f"--calibration-batches {cfg.calibration_batches} needs {cfg.calibration_batches} batches of "
+                         f"{cfg.batch_size}, but --train-limit {cfg.train_limit} gives at most {batches}; lower it or "
+                         "raise --train-limit.")
+
+
 def _start(cfg, out_dir, checkpoint_dir, overwrite: bool, device):
     """What is checked before anything is computed: the config, the device, the output paths
     (``overwrite`` removes an old checkpoint). Returns the device and the two paths."""
@@ -578,6 +593,7 @@ def _start(cfg, out_dir, checkpoint_dir, overwrite: bool, device):
     if not isinstance(cfg, FinetuneConfig):
         raise LanceError(f"finetune needs a FinetuneConfig, got {type(cfg).__name__}.")
     validate(cfg)  # fields changed after construction are checked too
+    _check_limits(cfg)
     for name, folder in (("out_dir", out_dir), ("checkpoint_dir", checkpoint_dir)):
         if folder is not None and not isinstance(folder, (str, os.PathLike)):
             raise LanceError(f"{name} must be a folder's path (str or Path), got {type(folder).__name__}.")
