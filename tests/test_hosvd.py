@@ -70,3 +70,18 @@ def test_mode_product_of_a_channels_last_tensor_equals_the_contiguous_one(mode):
     ref = mode_product(x, m, mode)
     got = mode_product(x.to(memory_format=torch.channels_last), m, mode)
     assert got.shape == ref.shape and torch.allclose(got, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape,mode", [((3, 5, 1, 1), 1), ((6, 4, 3, 3), 1), ((2, 3, 7, 7), 1), ((5, 4, 3), 0),
+                                        ((2, 3, 2, 2), 2)])
+def test_mode_product_equals_its_definition_whatever_follows_the_mode(shape, mode):
+    """Each route (only size-1 modes after it, a few elements after it, many) is the definition
+    ``(x ×_m M)[..., j, ...] = sum_i M[j, i] x[..., i, ...]``, contiguous and of the right shape."""
+    from lance.core.hosvd import mode_product
+
+    x = torch.randn(shape, dtype=torch.float64)
+    m = torch.randn(7, shape[mode], dtype=torch.float64)
+    ref = torch.tensordot(m, x, dims=([1], [mode])).movedim(0, mode)
+    got = mode_product(x, m, mode)
+    assert got.shape == ref.shape and got.is_contiguous()
+    assert torch.allclose(got, ref, rtol=1e-12, atol=1e-12)

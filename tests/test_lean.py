@@ -104,7 +104,11 @@ def test_benchmark_reports_the_lean(capsys):
                           repeats=1, threads=1, compress_head=True, weights_dir="/nonexistent")
     out = run_benchmark(cfg, log=lambda *_: None)
     rows = {r["method"]: r for r in out["results"]}
-    assert set(rows) == {"bp", "lance", "lean"}
+    assert set(rows) == {"bp", "lance", "floor", "lean"}
     assert rows["lean"]["total_saved_bytes"] < rows["lance"]["total_saved_bytes"] < rows["bp"]["total_saved_bytes"]
+    # the floor keeps one direction per mode of every trained layer
+    assert rows["floor"]["ranks"] and all(set(r) <= {1} for r in rows["floor"]["ranks"].values()), rows["floor"]["ranks"]
+    assert rows["floor"]["saved_bytes"] <= rows["lance"]["saved_bytes"]
     report = format_report(out)
     assert "BP/lean" in report and "the head's input compressed" in report
+    assert "least a LANCE step can take here" in report and "goal <= 0.75" in report

@@ -87,6 +87,10 @@ def is_channels_last(x: Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
+#: below this many elements after the mode, a mode product moves the mode last and runs one matmul
+_FEW = 16
+
+
 def mode_product(x: Tensor, matrix: Tensor, mode: int) -> Tensor:
     """``x ×_mode matrix`` for ``matrix`` of shape ``(J, x.shape[mode])``."""
     if matrix.shape[1] != x.shape[mode]:
@@ -103,8 +107,18 @@ def mode_product(x: Tensor, matrix: Tensor, mode: int) -> Tensor:
         # channels-last (NHWC in memory, as oneDNN's convolutions leave them): work on the
         # contiguous NHWC view instead of copying x to NCHW; the result stays channels-last
         return mode_product(x.permute(0, 2, 3, 1), matrix, (0, 3, 1, 2)[mode]).permute(0, 3, 1, 2)
-    # (before, n, after) batches of matrix @ slice: no permuted copy of x (3x faster than tensordot here)
     before, after = math.prod(shape[:mode]), math.prod(shape[mode + 1:])
+    if after == 1:  # only size-1 modes follow: one matmul, as for the last mode
+        y = x.reshape(before, shape[mode]) @ matrix.t()
+        return y.reshape(*shape[:mode], matrix.shape[0], *shape[mode + 1:])
+    if after < _FEW:
+        # few elements after the mode (a weight gradient's kernel positions): `before` batched matmuls of
+        # `after` columns each run far below the machine's speed; one matmul over a moved copy is 4x
+        # faster (a ResNet18 3x3 weight gradient, 512 x 100 x 9 by 512 x 100: 85 -> 23 ms on one thread)
+        moved = x.movedim(mode, -1)
+        y = moved.reshape(-1, shape[mode]) @ matrix.t()
+        return y.reshape(*moved.shape[:-1], matrix.shape[0]).movedim(-1, mode).contiguous()
+    # (before, n, after) batches of matrix @ slice: no permuted copy of x (3x faster than tensordot here)
     y = torch.matmul(matrix, x.reshape(before, shape[mode], after))
     return y.reshape(*shape[:mode], matrix.shape[0], *shape[mode + 1:])
 
