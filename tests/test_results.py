@@ -372,6 +372,26 @@ def test_the_gap_has_the_spread_of_its_two_means_and_the_seed_table_one_column_p
     assert seeds.loc["lance", "acc sd"] == pytest.approx(1.0) and seeds.loc["bp", "seeds"] == 2
 
 
+def test_the_calibration_cost_is_its_share_of_the_run_and_runs_that_do_not_record_it_are_left_out(tmp_path):
+    from lance.book import tables
+
+    def run(method, seed, cal_s, wall_s):
+        r = _run(method, 4, 60.0, seed=seed)
+        r["provenance"]["wall_time_s"] = wall_s
+        if cal_s is not None:
+            r["metrics"]["calibration_s"] = cal_s
+        return r
+
+    write_result(tmp_path / "a.json", run("lance", 42, 18.0, 3600.0))
+    write_result(tmp_path / "b.json", run("asi", 42, 9.0, 1800.0))
+    write_result(tmp_path / "c.json", run("lance", 123, None, 3600.0))  # written before it was recorded
+    write_result(tmp_path / "d.json", run("bp", 42, 0.0, 3600.0))  # BP calibrates nothing
+    cost = tables.calibration_cost_table(tables.finetune_results(tmp_path)).set_index("method")
+    assert sorted(cost.index) == ["asi", "lance"]
+    assert cost.loc["lance", "share of the run %"] == pytest.approx(0.5) and cost.loc["asi", "run hours"] == pytest.approx(0.5)
+    assert cost.loc["asi", "share of the run %"] == pytest.approx(0.5) and cost.loc["lance", "Phase I seconds"] == 18.0
+
+
 def test_the_selection_table_sets_the_authors_layers_beside_ours_and_says_whose_memory_is_nearer(tmp_path):
     from lance.book import tables
 

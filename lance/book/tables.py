@@ -8,7 +8,7 @@ from typing import Optional
 from lance.book.paper import PAPER_MODEL_NAMES, paper_finetuning
 from lance.experiments.results import RESULTS_DIR, load_results
 
-__all__ = ["finetune_results", "finetune_table", "seed_table", "selection_table", "probe_table", "paper_count_table",
+__all__ = ["finetune_results", "finetune_table", "seed_table", "calibration_cost_table", "selection_table", "probe_table", "paper_count_table",
            "hosvd_memory_table", "batch_compressed", "paper_lr", "lr_table", "weight_norm_history",
            "split_weights", "bp_lance_gap", "memory_ratios", "paper_setting", "batch_mode_table", "lr_gaps",
            "continual_default_runs", "final_accuracies", "find_run", "angle_curves", "ablation_table", "continual_main",
@@ -487,6 +487,27 @@ def hosvd_memory_table(results, dataset: str = "cifar100"):
     out["MB (paper)"] = [paper.get((PAPER_MODEL_NAMES.get(m, m), n), float("nan"))
                          for m, n in zip(out.model, out.layers)]
     return out.sort_values(["model", "layers", "epochs", "seed"]).reset_index(drop=True)[cols]
+
+
+def calibration_cost_table(results):
+    """What Phase I costs beside the training it serves: one row per LANCE or ASI run whose result
+    file records its calibration time (``metrics.calibration_s``, from the first pass through the
+    calibration batches to the swapped-in layers; files written before it was recorded are left
+    out), with the run's wall time (every process that worked on it) and the calibration's share."""
+    import pandas as pd
+
+    cols = ["model", "method", "layers", "epochs", "seed", "calibration batches", "Phase I seconds", "run hours",
+            "share of the run %"]
+    if not len(results) or "metrics.calibration_s" not in results:
+        return pd.DataFrame(columns=cols)
+    sel = results[results["config.method"].isin(["lance", "asi"]) & results["metrics.calibration_s"].notna()]
+    out = pd.DataFrame({"model": sel["config.model"], "method": sel["config.method"], "layers": sel["config.layers"],
+                        "epochs": sel["config.epochs"], "seed": sel["config.seed"],
+                        "calibration batches": sel["config.calibration_batches"],
+                        "Phase I seconds": sel["metrics.calibration_s"].astype(float),
+                        "run hours": sel["provenance.wall_time_s"].astype(float) / 3600})
+    out["share of the run %"] = 100 * out["Phase I seconds"] / (out["run hours"] * 3600)
+    return out.sort_values(["model", "method", "layers", "epochs", "seed"]).reset_index(drop=True)[cols]
 
 
 def seed_table(results, model: str = "mcunet-in2", epochs: int = 50, dataset: str = "cifar100"):
