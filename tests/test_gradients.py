@@ -29,6 +29,9 @@ CONV_CASES = {
     "groups2": (lambda: nn.Conv2d(4, 8, 3, padding=1, groups=2), (5, 4, 8, 8)),
     "depthwise-stride2": (lambda: nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6, bias=False), (5, 6, 9, 9)),
     "pointwise": (lambda: nn.Conv2d(8, 3, 1), (6, 8, 5, 5)),
+    "pointwise-stride2": (lambda: nn.Conv2d(8, 3, 1, stride=2, bias=False), (6, 8, 7, 6)),
+    "pointwise-stride-2x1": (lambda: nn.Conv2d(8, 3, 1, stride=(2, 1)), (6, 8, 5, 5)),
+    "pointwise-padded": (lambda: nn.Conv2d(8, 3, 1, padding=1), (6, 8, 5, 5)),
 }
 LINEAR_CASES = {
     "linear-2d": (lambda: nn.Linear(7, 5), (6, 7)),
