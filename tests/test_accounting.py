@@ -85,6 +85,9 @@ def _count(fn):
 @pytest.mark.parametrize("layer,shape", [
     (nn.Conv2d(8, 6, 3, padding=1), (5, 8, 7, 7)),
     (nn.Conv2d(8, 6, 3, stride=2, padding=(1, 2), dilation=(1, 2)), (5, 8, 9, 9)),
+    (nn.Conv2d(8, 6, 1), (5, 8, 7, 7)),  # pointwise: the weight gradient is a contraction
+    (nn.Conv2d(8, 6, 1, stride=2, bias=False), (5, 8, 9, 8)),
+    (nn.Conv2d(8, 6, 1, padding=1), (5, 8, 7, 7)),  # padded: the conv's own weight gradient
     (nn.Linear(9, 4), (6, 9)),
     (nn.Linear(9, 4), (6, 3, 9)),
 ])

@@ -85,3 +85,22 @@ def test_mode_product_equals_its_definition_whatever_follows_the_mode(shape, mod
     got = mode_product(x, m, mode)
     assert got.shape == ref.shape and got.is_contiguous()
     assert torch.allclose(got, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels-last"])
+@pytest.mark.parametrize("kept", [(True, True, True, True), (False, True, True, True), (True, True, False, True)])
+def test_project_is_the_chain_of_mode_products_however_it_groups_them(layout, kept):
+    """``project`` takes height and width as one mode (factor U_h ⊗ U_w) when both are compressed;
+    the core is the chain of Eq. 1's mode products all the same, for non-contiguous factors too."""
+    from lance.core.hosvd import mode_product, project
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 6, 7, 4, dtype=torch.float64)
+    factors = [torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))[0][:, :r].t().contiguous().t() if k else None
+               for n, r, k in zip(x.shape, (3, 4, 2, 3), kept)]  # transposed copies: column-major factors
+    ref = x
+    for m, u in enumerate(factors):
+        if u is not None:
+            ref = mode_product(ref, u.t(), m)
+    got = project(x.to(memory_format=torch.channels_last) if layout == "channels-last" else x, factors)
+    assert got.shape == ref.shape and torch.allclose(got, ref, rtol=1e-12, atol=1e-12)

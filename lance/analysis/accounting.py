@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from lance.core.calibration import Calibration
 from lance.errors import BatchSizeError
-from lance.core.hosvd import projection_order
-from lance.core.layers import LanceLayer
+from lance.core.hosvd import merges_last_two, projection_order
+from lance.core.layers import ConvGeometry, LanceLayer
 from lance.core.selection import resolve_layers
 
 __all__ = ["activation_memory", "saved_tensors", "measured_bytes", "step_breakdown", "layer_shapes",
@@ -74,6 +74,30 @@ def _chain_flops(shape: Sequence[int], factors_out: Sequence[Optional[int]], ord
     return flops, shape
 
 
+def _projection_flops(shape: Sequence[int], ranks: Sequence[Optional[int]]) -> tuple[int, list[int]]:
+    """FLOPs and core shape of ``lance.core.hosvd.project`` on a contiguous tensor of ``shape``: the
+    last two modes of a 4-D tensor taken as one when both are compressed, as ``project`` does."""
+    if merges_last_two(shape, ranks):
+        merged, r = [shape[0], shape[1], shape[2] * shape[3]], [ranks[0], ranks[1], ranks[2] * ranks[3]]
+        flops, core = _chain_flops(merged, r, projection_order(merged, r))
+        return flops, [core[0], core[1], ranks[2], ranks[3]]
+    return _chain_flops(shape, ranks, projection_order(shape, ranks))
+
+
+def _pointwise_wgrad_flops(module: nn.Module, shapes: _Shapes, ranks: Sequence[Optional[int]]) -> int:
+    """The weight gradient of a 1x1 convolution without padding from its core
+    (``lance.core.layers._pointwise_weight_grad_from_core``): the output gradient projected on the
+    batch and spatial factors, contracted with the core, then the channel factor."""
+    x, y = shapes.input, shapes.output
+    r_b, r_c, r_h, r_w = ranks
+    out_ch = module.weight.shape[0]
+    flops, _ = _projection_flops(y, [r_b, None, r_h, r_w])
+    core = [x[0] if r_b is None else r_b, x[1] if r_c is None else r_c, y[2] if r_h is None else r_h,
+            y[3] if r_w is None else r_w]
+    flops += 2 * out_ch * prod(core)
+    return flops + (2 * out_ch * r_c * x[1] if r_c is not None else 0)
+
+
 def _patch_flops(module: nn.Module, shapes: _Shapes, ranks: Sequence[Optional[int]], fwd: int,
                  input_grad: bool) -> dict[str, int]:
     """LANCE's FLOPs for a conv calibrated in the patch space (``LancePatchConv2d``): the batch
@@ -114,9 +138,12 @@ def _layer_flops(kind: str, module: nn.Module, shapes: _Shapes, ranks: Optional[
     if patches:
         return {**row, **_patch_flops(module, shapes, ranks, fwd, input_grad)}
     # forward: the layer plus the projection of its input onto the factors
-    proj, core = _chain_flops(x, ranks, projection_order(x, ranks))
+    proj, core = _projection_flops(x, ranks)
     bwd = fwd if input_grad else 0
-    if kind == "Conv2d":
+    geometry = ConvGeometry.of(module) if kind == "Conv2d" else None
+    if kind == "Conv2d" and module.groups == 1 and (kh, kw) == (1, 1) and not any(geometry.pads):
+        bwd += _pointwise_wgrad_flops(module, shapes, ranks)
+    elif kind == "Conv2d":
         r_b, r_c, r_h, r_w = ranks
         groups = module.groups
         nb = x[0] if r_b is None else r_b

@@ -131,8 +131,23 @@ def projection_order(shape: Sequence[int], ranks: Sequence[Optional[int]]) -> li
     return sorted(modes, key=lambda m: (ranks[m] / shape[m], m))
 
 
+def merges_last_two(shape: Sequence[int], factors: Sequence) -> bool:
+    """Whether :func:`project` takes the last two modes of a 4-D tensor as one (both compressed;
+    ``factors`` may be the factors or their ranks). The accounting counts the same way."""
+    return len(shape) == 4 and len(factors) == 4 and factors[2] is not None and factors[3] is not None
+
+
 def project(x: Tensor, factors: Factors) -> Tensor:
     """The core ``x ×_1 U_1^T ... ×_N U_N^T`` (paper Eq. 1); ``None`` factors are skipped."""
+    if merges_last_two(x.shape, factors) and x.is_contiguous():
+        # the last two modes (height and width) as one, of factor U_h ⊗ U_w: one matmul that reads
+        # the tensor once shrinks it by r_h r_w / (H W), where two products would read it twice or copy it
+        h, w = x.shape[2:]
+        u_h, u_w = factors[2], factors[3]
+        rh, rw = u_h.shape[1], u_w.shape[1]
+        u_hw = (u_h[:, None, :, None] * u_w[None, :, None, :]).reshape(h * w, rh * rw)  # U_h ⊗ U_w
+        core = project(x.reshape(*x.shape[:2], h * w), [factors[0], factors[1], u_hw])
+        return core.reshape(*core.shape[:2], rh, rw)
     ranks = [None if u is None else u.shape[1] for u in factors]
     for m in projection_order(x.shape, ranks):
         x = mode_product(x, factors[m].t(), m)
