@@ -172,7 +172,7 @@ def _pointwise_weight_grad_from_core(core: Tensor, factors: Sequence[Optional[Te
     onto the batch and (strided) spatial factors, shrinking it from ``B x H x W`` to
     ``r_b x r_h x r_w`` per output channel, contracted with the core, and the channel factor is
     applied to the ``(out, r_c)`` result. Nothing input-sized is rebuilt (on MobileNetV2's last 1x1
-    layer at batch 128, 8x fewer multiply-adds than projecting the batch and running the conv's
+    layer at batch 128, about 7x fewer multiply-adds than projecting the batch and running the conv's
     weight gradient)."""
     u_b, u_c, u_h, u_w = factors
     (sh, sw), (oh, ow) = stride, grad_out.shape[2:]
