@@ -4,14 +4,16 @@
 head) of ResNet18 at 224 px and batch 128, as the paper does, and prints, measured in one
 run: the forward and backward time of one training step (median and range over repeats)
 and the bytes autograd saves for the trainable layers, for BP and for LANCE at eps 0.7, and
-their ratios, against the goals of a LANCE step (forward at most 1.05x BP's, step at most 0.75x).
-A third model, LANCE with every rank 1 (the floor), shows the least any LANCE step can take on
-this network: its forward, input gradients and frozen layers' backward are BP's own. With ``lean`` (the default) a fourth model, LANCE with a lean step
-(``lance.core.lean``: frozen BatchNorm keeps no activation and ReLU one bit per element; the
-gradients are unchanged), shows how far the whole step's saved bytes fall when
-what lies between the trained layers is kept compact too. The frozen trunk's output is computed once and reused: the step timed is the
-part of the network that training runs through (from the block of the first trained layer
-of the deepest setting to the head). ``--model`` takes any model ``lance.models.zoo.build`` knows.
+their ratios, against the goals of a LANCE step (forward at most 1.05x BP's, step at most
+0.75x). A third model, LANCE with every rank 1 (the floor), shows the least any LANCE step
+can take on this network: its forward, input gradients and frozen layers' backward are BP's
+own. With ``lean`` (the default) a fourth model, LANCE with a lean step (``lance.core.lean``:
+frozen BatchNorm keeps no activation and ReLU one bit per element; the gradients are
+unchanged), shows how far the whole step's saved bytes fall when what lies between the
+trained layers is kept compact too. The frozen trunk's output is computed once and reused:
+the step timed is the part of the network that training runs through (from the block of the
+first trained layer of the deepest setting to the head). ``--model`` takes any model
+``lance.models.zoo.build`` knows.
 """
 
 from __future__ import annotations
@@ -162,7 +164,8 @@ def run_benchmark(cfg: BenchmarkConfig, log=print, device: str = "cpu") -> dict:
             res.saved_bytes = sum(measured_bytes(report, names).values())
             res.total_saved_bytes = int(report[report.kind != "parameter"].drop_duplicates("storage").bytes.sum())
             res.analytic_bytes = int(table["bp_bytes" if method == "bp" else "lance_bytes"].sum())
-            res.ranks = ranks_of(model, names, "bp" if method == "bp" else "lance", rank_one if method == "floor" else cal)
+            res.ranks = ranks_of(model, names, "bp" if method == "bp" else "lance",
+                                 rank_one if method == "floor" else cal)
             step[method] = res
         _time_steps(nets, x, target, cfg.repeats, step)
         for method, res in step.items():
@@ -244,12 +247,14 @@ def format_report(out: dict) -> str:
                      f"(LANCE ranks {la['ranks']})")
         med = lambda r, key: statistics.median(r[key])  # noqa: E731
         fwd, step = med(la, "forward_s") / med(bp, "forward_s"), med(la, "step_s") / med(bp, "step_s")
-        goals = (f"  LANCE/BP forward {fwd:.2f}x (goal <= {FORWARD_GOAL}: {'met' if fwd <= FORWARD_GOAL else 'not met'}), "
+        verdict = lambda ratio, goal: "met" if ratio <= goal else "not met"  # noqa: E731
+        goals = (f"  LANCE/BP forward {fwd:.2f}x (goal <= {FORWARD_GOAL}: {verdict(fwd, FORWARD_GOAL)}), "
                  f"backward {med(la, 'backward_s') / med(bp, 'backward_s'):.2f}x, "
-                 f"step {step:.2f}x (goal <= {STEP_GOAL}: {'met' if step <= STEP_GOAL else 'not met'})")
+                 f"step {step:.2f}x (goal <= {STEP_GOAL}: {verdict(step, STEP_GOAL)})")
         if (n, "floor") in rows:
             fl = rows[(n, "floor")]
-            goals += (f"; every rank 1, the least a LANCE step can take here: forward {med(fl, 'forward_s') / med(bp, 'forward_s'):.2f}x, "
+            goals += (f"; every rank 1, the least a LANCE step can take here: "
+                      f"forward {med(fl, 'forward_s') / med(bp, 'forward_s'):.2f}x, "
                       f"step {med(fl, 'step_s') / med(bp, 'step_s'):.2f}x BP's")
         lines.append(goals)
         whole = f"  the whole step's saved bytes: BP/LANCE {bp['total_saved_bytes'] / la['total_saved_bytes']:.1f}x"
