@@ -140,8 +140,7 @@ def _layer_flops(kind: str, module: nn.Module, shapes: _Shapes, ranks: Optional[
     # forward: the layer plus the projection of its input onto the factors
     proj, core = _projection_flops(x, ranks)
     bwd = fwd if input_grad else 0
-    geometry = ConvGeometry.of(module) if kind == "Conv2d" else None
-    if kind == "Conv2d" and module.groups == 1 and (kh, kw) == (1, 1) and not any(geometry.pads):
+    if kind == "Conv2d" and ConvGeometry.of(module).pointwise(module.weight.shape):
         bwd += _pointwise_wgrad_flops(module, shapes, ranks)
     elif kind == "Conv2d":
         r_b, r_c, r_h, r_w = ranks

@@ -94,6 +94,11 @@ class ConvGeometry:
             return x
         return F.pad(x, self.pads, mode=self.mode)
 
+    def pointwise(self, weight_shape: Sequence[int]) -> bool:
+        """A 1x1 convolution without padding or groups: its weight gradient is a contraction
+        (``_pointwise_weight_grad_from_core``)."""
+        return self.groups == 1 and tuple(weight_shape[2:]) == (1, 1) and not any(self.pads)
+
     def padded_shape(self, shape: Sequence[int]) -> list[int]:
         if self.native:
             return list(shape)
@@ -152,7 +157,7 @@ def conv_weight_grad_from_core(core: Tensor, factors: Sequence[Optional[Tensor]]
     channel factor is expanded before the convolution.
     """
     u_b, u_c, u_h, u_w = factors
-    if geometry.groups == 1 and tuple(weight_shape[2:]) == (1, 1) and not any(geometry.pads):
+    if geometry.pointwise(weight_shape):
         return _pointwise_weight_grad_from_core(core, factors, grad_out, geometry.stride, weight_shape)
     dy = grad_out if u_b is None else mode_product(grad_out, u_b.t(), 0)
     z = expand(core, [None, None, u_h, u_w])
