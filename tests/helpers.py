@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -39,3 +42,29 @@ def calibrated_pair(layer: nn.Module, shape, energy=1.0, compress_batch=True, dt
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def fake_executed_notebook(path: Path, duration: float, exception: bool = False) -> None:
+    """A minimal notebook with the metadata papermill writes."""
+    nb = {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {
+            "papermill": {
+                "start_time": "2025-01-02T03:04:05.678901",
+                "end_time": "2025-01-02T03:04:17.000000",
+                "duration": duration,
+                "exception": exception,
+                "parameters": {"profile": "smoke"},
+            }
+        },
+        "cells": [
+            {
+                "cell_type": "code", "id": "c1", "metadata": {}, "source": "1 + 1",
+                "execution_count": 1,
+                "outputs": [{"output_type": "execute_result", "execution_count": 1,
+                             "data": {"text/plain": "2"}, "metadata": {}}],
+            }
+        ],
+    }
+    path.write_text(json.dumps(nb))

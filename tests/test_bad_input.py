@@ -78,6 +78,8 @@ FINETUNE = [
     (["--method", "lance", "--train-limit", "1280", "--batch-size", "128", "--calibration-batches", "11"],
      "--calibration-batches 11 needs 11 batches of 128, but --train-limit 1280 gives at most 10"),
     (["--train-limit", "100", "--batch-size", "128"], "--train-limit 100 is fewer than one batch of 128"),
+    (["--method", "asi", "--calibration-batches", "400"],  # no --train-limit: the split's published size
+     "--calibration-batches 400 needs 400 batches of 128, but the 50000 training images of cifar100 give at most 390"),
     (["--layers", "0"], "layers must be a positive"),
     (["--layers", "1000"], "fewer than the 1000 requested"),
     (["--seed", "-1"], "seed must be a whole number"),

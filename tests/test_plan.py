@@ -7,6 +7,7 @@ import shlex
 import pandas as pd
 import pytest
 
+from helpers import fake_executed_notebook
 from lance.cli import build_parser
 from lance.experiments.plan import PLAN, group_summary, plan_status
 from lance.experiments.results import write_result
@@ -95,6 +96,7 @@ def test_every_planned_command_is_a_valid_command_line(run):
 def test_status_page_lists_the_missing_runs_with_their_commands(tmp_path):
     from lance.book.status import status_page
 
+    fake_executed_notebook(tmp_path / "01_x.ipynb", duration=1.0)
     out = status_page(tmp_path, tmp_path / "status.md")
     text = out.read_text()
     assert "## Paper-scale runs" in text and "| Hours spent | Hours left (estimate) |" in text

@@ -14,35 +14,10 @@ import torch
 
 from lance.experiments import provenance as prov
 from lance.book.status import status_page
+from helpers import fake_executed_notebook
 from lance.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _fake_executed_notebook(path: Path, duration: float, exception: bool = False) -> None:
-    """A minimal notebook with the metadata papermill writes."""
-    nb = {
-        "nbformat": 4,
-        "nbformat_minor": 5,
-        "metadata": {
-            "papermill": {
-                "start_time": "2025-01-02T03:04:05.678901",
-                "end_time": "2025-01-02T03:04:17.000000",
-                "duration": duration,
-                "exception": exception,
-                "parameters": {"profile": "smoke"},
-            }
-        },
-        "cells": [
-            {
-                "cell_type": "code", "id": "c1", "metadata": {}, "source": "1 + 1",
-                "execution_count": 1,
-                "outputs": [{"output_type": "execute_result", "execution_count": 1,
-                             "data": {"text/plain": "2"}, "metadata": {}}],
-            }
-        ],
-    }
-    path.write_text(json.dumps(nb))
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
@@ -114,8 +89,8 @@ def test_provenance_record_is_json_and_keeps_config_seed_time():
 def test_status_page_tabulates_executed_notebooks(tmp_path):
     executed = tmp_path / "executed"
     executed.mkdir()
-    _fake_executed_notebook(executed / "07_tiny.ipynb", duration=12.34)
-    _fake_executed_notebook(executed / "08_broken.ipynb", duration=3.0, exception=True)
+    fake_executed_notebook(executed / "07_tiny.ipynb", duration=12.34)
+    fake_executed_notebook(executed / "08_broken.ipynb", duration=3.0, exception=True)
     out = tmp_path / "book" / "status.md"
 
     assert status_page(executed, out) == out
@@ -136,7 +111,7 @@ def test_status_page_tabulates_executed_notebooks(tmp_path):
 
 def test_status_page_marks_error_outputs_failed(tmp_path):
     path = tmp_path / "nb.ipynb"
-    _fake_executed_notebook(path, duration=1.0)
+    fake_executed_notebook(path, duration=1.0)
     nb = json.loads(path.read_text())
     nb["cells"][0]["outputs"] = [{"output_type": "error", "ename": "E", "evalue": "", "traceback": []}]
     path.write_text(json.dumps(nb))
@@ -145,7 +120,7 @@ def test_status_page_marks_error_outputs_failed(tmp_path):
 
 
 def test_cli_status_page(tmp_path, capsys):
-    _fake_executed_notebook(tmp_path / "01_x.ipynb", duration=2.0)
+    fake_executed_notebook(tmp_path / "01_x.ipynb", duration=2.0)
     assert main(["status-page", str(tmp_path), str(tmp_path / "s.md")]) == 0
     assert "`01_x`" in (tmp_path / "s.md").read_text()
 

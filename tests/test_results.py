@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 import os
 
 import pytest
@@ -320,6 +321,24 @@ def test_an_unwritable_result_folder_is_found_before_the_run(tmp_path):
     blocker.write_text("")
     with pytest.raises(LanceError, match="cannot write to"):
         check_writable(blocker / "sub" / "r.json")
+
+
+def test_names_the_file_system_cannot_hold_and_folders_nothing_can_be_created_in_are_refused(tmp_path):
+    """A NUL byte, a name too long for the folder (with room for the temporary name beside it),
+    and /proc, where os.access says yes to root but nothing can be created: one LanceError each,
+    before anything is written, and nothing left behind."""
+    from lance.experiments.results import check_writable, write_atomic
+
+    for path, message in ((tmp_path / "a\0b.json", "NUL byte"), (tmp_path / ("x" * 300), "bytes long"),
+                          (tmp_path / ("x" * 250), "bytes long"), (tmp_path / ("d" * 300) / "r.json", "bytes long"),
+                          (Path("/proc/lance-result.json"), "cannot write to /proc")):
+        with pytest.raises(LanceError, match=message):
+            check_writable(path)
+        with pytest.raises(LanceError, match=message):
+            write_atomic(path, "text")
+    assert not any(tmp_path.iterdir())
+    assert write_atomic(tmp_path / ("x" * 200), "fits").read_text() == "fits"
+    assert [p.name for p in tmp_path.iterdir()] == ["x" * 200]  # the writability probe left nothing
 
 
 def test_configurations_that_differ_only_where_the_readable_name_is_silent_get_different_names():

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lance.errors import LanceError
 from lance.experiments.plan import group_summary, plan_status
 from lance.experiments.provenance import git_commit, hardware, versions
 from lance.experiments.results import write_atomic
@@ -89,7 +90,13 @@ def status_page(executed_dir: str | os.PathLike, out_path: str | os.PathLike) ->
     (executed by papermill): per notebook its start time, duration and outcome, then the
     versions, the hardware and the git commit of the build. Returns ``out_path``."""
     executed_dir, out_path = Path(executed_dir), Path(out_path)
+    if not executed_dir.is_dir():
+        raise LanceError(f"{executed_dir} is not a folder of executed notebooks; `make book` writes them to "
+                         "_build/executed/PROFILE/.")
     notebooks = [_notebook_status(p) for p in sorted(executed_dir.glob("*.ipynb"))]
+    if not notebooks:
+        raise LanceError(f"{executed_dir} holds no notebook (*.ipynb); name the folder papermill wrote "
+                         "(`make book` writes _build/executed/PROFILE/).")
 
     rows = [
         [
@@ -111,8 +118,7 @@ def status_page(executed_dir: str | os.PathLike, out_path: str | os.PathLike) ->
         "",
         "## Notebook execution",
         "",
-        _table(["Notebook", "Parameters", "Started (UTC)", "Duration (s)", "Status"], rows)
-        if rows else "No executed notebooks were found.",
+        _table(["Notebook", "Parameters", "Started (UTC)", "Duration (s)", "Status"], rows),
         "",
         f"{len(notebooks)} notebook(s), {sum(nb['ok'] for nb in notebooks)} ok, "
         f"{total:.1f} s of execution in total.",

@@ -58,6 +58,10 @@ DATASETS: dict[str, _Entry] = {
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "mnist": 10, "fashion_mnist": 10, "svhn": 10, "notmnist": 10,
                "pets": 37, "flowers102": 102, "cub200": 200, "miniimagenet": 100}
 
+# images in the training split, as published, for the datasets whose split has one fixed size; with
+# --classes a run has fewer, so a count checked against this before loading is an upper bound
+TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "mnist": 60_000, "fashion_mnist": 60_000, "svhn": 73_257}
+
 
 def source(name: str) -> Source:
     """What is known about dataset ``name``: official files, layout, splits."""

@@ -81,6 +81,19 @@ def _executor(kind: str, folder: Path, jobs: int, threads: int, *, partition: Op
     return ex
 
 
+def _submit_array(ex, argvs: list, threads: int) -> list:
+    """One SLURM array of the commands; if sbatch refuses it (no controller, a bad partition),
+    one line with sbatch's own last word, before anything has run."""
+    from submitit.core.utils import FailedJobError
+
+    try:
+        return ex.map_array(_run_one, argvs, [threads] * len(argvs))
+    except (FailedJobError, OSError) as err:
+        said = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise LanceError(f"sbatch could not submit the plan ({said[-1] if said else type(err).__name__}); check that "
+                         "a SLURM controller answers (`sinfo`), or run with --executor local.") from None
+
+
 def _tail(path: str, lines: int = 12) -> str:
     """What a failed command said: its one-line ``error:`` messages when it refused its input,
     else the last lines of its log."""
@@ -123,7 +136,7 @@ def run_commands(commands: Sequence[str], *, executor: str = "local", jobs: int 
     folder = Path(folder) / "%j"
     ex = _executor(executor, folder, jobs, threads, partition=partition, time_min=time_min, gpus=gpus)
     if executor == "slurm":  # one array; SLURM keeps at most `jobs` of it running
-        running = ex.map_array(_run_one, argvs, [threads] * len(argvs))
+        running = _submit_array(ex, argvs, threads)
         log(f"submitted {len(running)} commands as SLURM array {running[0].job_id.split('_')[0]}")
         while not all(j.done() for j in running):
             time.sleep(poll_s)

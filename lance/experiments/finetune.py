@@ -571,18 +571,26 @@ def _record(cfg: FinetuneConfig, s: _Setup, run: _RunState, table, lance_layers,
 
 
 def _check_limits(cfg: FinetuneConfig) -> None:
-    """What ``--train-limit`` rules out before any data is read (a run without it has the whole
-    training set, whose size is known only once it is read: :func:`_phase_one` checks that)."""
-    if not cfg.train_limit:
+    """What ``--train-limit`` and the published size of the training split rule out before any
+    data is read (a dataset without a fixed size, or a class selection, is checked again by
+    :func:`_phase_one` once the data is read)."""
+    from lance.data.catalog import TRAIN_IMAGES
+
+    published = TRAIN_IMAGES.get(cfg.dataset)
+    if cfg.train_limit and not (published and cfg.train_limit > published):
+        images, source, verb, fix = cfg.train_limit, f"--train-limit {cfg.train_limit}", "gives", "raise --train-limit"
+    elif published:
+        images, source, verb, fix = published, f"the {published} training images of {cfg.dataset}", "give", \
+            "lower --batch-size"
+    else:
         return
-    batches = cfg.train_limit // cfg.batch_size
+    batches = images // cfg.batch_size
     if batches == 0:
-        raise LanceError(f"--train-limit {cfg.train_limit} is fewer than one batch of {cfg.batch_size}; lower "
-                         "--batch-size or raise --train-limit.")
+        raise LanceError(f"{source} is fewer than one batch of {cfg.batch_size}; lower --batch-size or raise "
+                         "--train-limit.")
     if cfg.method in ("lance", "asi") and cfg.calibration_batches > batches:
         raise LanceError(f"--calibration-batches {cfg.calibration_batches} needs {cfg.calibration_batches} batches of "
-                         f"{cfg.batch_size}, but --train-limit {cfg.train_limit} gives at most {batches}; lower it or "
-                         "raise --train-limit.")
+                         f"{cfg.batch_size}, but {source} {verb} at most {batches}; lower it or {fix}.")
 
 
 def _start(cfg, out_dir, checkpoint_dir, overwrite: bool, device):

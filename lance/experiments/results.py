@@ -37,8 +37,10 @@ FILE_MODE = 0o644
 def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Fail now, before a run computes anything, if ``path`` cannot be written: a folder on its way
     is a file, the nearest existing folder is not writable, or the file exists and ``overwrite``
-    is not set. Nothing is created."""
+    is not set. The folder is tried with a temporary file, removed at once (``os.access`` says yes
+    to root even where nothing can be created, as in ``/proc``). Nothing is left behind."""
     path = Path(path)
+    _check_name(path)
     if path.exists() and not overwrite:
         raise LanceError(f"{path} exists; pass --force (overwrite=True) to replace it, or change the config.")
     if path.is_dir():
@@ -48,9 +50,44 @@ def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         parent = parent.parent
     if not parent.is_dir():
         raise LanceError(f"cannot write to {path.parent} ({parent} is a file, not a folder); choose another folder.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise LanceError(f"cannot write to {path.parent} ({parent} is not writable); choose another folder.")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".lance-probe.", suffix=".tmp")
+    except OSError as err:
+        raise LanceError(f"cannot write to {path.parent} ({parent}: {err.strerror or err}); choose another folder.") from None
+    os.close(fd)
+    os.unlink(probe)
     return path
+
+
+# What the temporary file's name adds to the final name (see write_atomic): ".NAME." + 8 random + ".tmp".
+_TMP_EXTRA = len("..") + 8 + len(".tmp")
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long to look up does not exist
+        return False
+
+
+def _check_name(path: Path) -> None:
+    """A name the file system can hold: no NUL byte, and no part longer than the folder allows
+    (with room for write_atomic's temporary name beside it)."""
+    if "\0" in str(path):
+        raise LanceError(f"the path {str(path)!r} contains a NUL byte; choose another name.")
+    parent = path.parent
+    while not _exists(parent) and parent != parent.parent:
+        parent = parent.parent
+    try:
+        name_max = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > name_max - (_TMP_EXTRA if part == path.name else 0):
+            limit = name_max - _TMP_EXTRA if part == path.name else name_max
+            raise LanceError(f"the name {part[:40]!r}... is {size} bytes long, more than this folder allows "
+                             f"({limit}); choose a shorter name.")
 
 
 def write_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> Path:
@@ -68,8 +105,11 @@ def write_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = False)
         raise LanceError(f"the text to write to {path} is not valid UTF-8 ({err.reason} at {err.start}).") from None
     path = Path(path)
     check_writable(path, overwrite=True)  # a file on the way, a folder at the name: one line, nothing written
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise LanceError(f"cannot write {path} ({err.strerror or err}); choose another folder.") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -77,11 +117,13 @@ def write_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = False)
         if overwrite:
             os.replace(tmp, path)
         else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise LanceError(f"{path} exists (another process may have just written it); not replacing it: "
-                                 "pass --force (overwrite=True) to replace it.") from None
+            os.link(tmp, path)
+    except FileExistsError:
+        raise LanceError(f"{path} exists (another process may have just written it); not replacing it: "
+                         "pass --force (overwrite=True) to replace it.") from None
+    except OSError as err:  # a full disk, a quota: any earlier file at the name is untouched
+        raise LanceError(f"cannot write {path} ({err.strerror or err}); free some space or choose another "
+                         "folder.") from None
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
