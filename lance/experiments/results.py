@@ -53,7 +53,8 @@ def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     try:
         fd, probe = tempfile.mkstemp(dir=parent, prefix=".lance-probe.", suffix=".tmp")
     except OSError as err:
-        raise LanceError(f"cannot write to {path.parent} ({parent}: {err.strerror or err}); choose another folder.") from None
+        raise LanceError(f"cannot write to {path.parent} (no file can be created in {parent}: "
+                         f"{err.strerror or err}); choose another folder.") from None
     os.close(fd)
     os.unlink(probe)
     return path
