@@ -85,11 +85,8 @@ def _hours_left(row: dict) -> str:
     return f"{left:.1f}"
 
 
-def status_page(executed_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Write the MyST page "Status and reproducibility" for the notebooks in ``executed_dir``
-    (executed by papermill): per notebook its start time, duration and outcome, then the
-    versions, the hardware and the git commit of the build. Returns ``out_path``."""
-    executed_dir, out_path = Path(executed_dir), Path(out_path)
+def _executed(executed_dir: Path) -> list[dict]:
+    """Each executed notebook's status; a folder that is missing or holds none is refused."""
     if not executed_dir.is_dir():
         raise LanceError(f"{executed_dir} is not a folder of executed notebooks; `make book` writes them to "
                          "_build/executed/PROFILE/.")
@@ -97,6 +94,15 @@ def status_page(executed_dir: str | os.PathLike, out_path: str | os.PathLike) ->
     if not notebooks:
         raise LanceError(f"{executed_dir} holds no notebook (*.ipynb); name the folder papermill wrote "
                          "(`make book` writes _build/executed/PROFILE/).")
+    return notebooks
+
+
+def status_page(executed_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """Write the MyST page "Status and reproducibility" for the notebooks in ``executed_dir``
+    (executed by papermill): per notebook its start time, duration and outcome, then the
+    versions, the hardware and the git commit of the build. Returns ``out_path``."""
+    out_path = Path(out_path)
+    notebooks = _executed(Path(executed_dir))
 
     rows = [
         [

@@ -137,47 +137,52 @@ def run_benchmark(cfg: BenchmarkConfig, log=print, device: str = "cpu") -> dict:
                                                                 seed=cfg.seed)]
     x, calib_inputs = batches[0], batches[1:]
     target = torch.randint(0, 100, (cfg.batch_size,), generator=torch.Generator().manual_seed(cfg.seed)).to(dev)
-    in_size = tuple(x.shape[1:])
     results: list[StepResult] = []
     for n in cfg.layer_counts:
-        names = trainable_layers(net, n)
-        base = copy.deepcopy(split.suffix)
-        set_trainable(base, names + [head_name(base)])
-        head = head_name(base)
-        cal = calibrate(base, calib_inputs, names + ([head] if cfg.lean and cfg.compress_head else []),
-                        energy=cfg.energy, num_batches=cfg.calibration_batches)
-        table = activation_memory(base, names, in_size, cfg.batch_size, calibration=cal)
-        # plain LANCE trains its head on the full input; the lean step compresses it when asked
-        nets = {"bp": base, "lance": apply_method(copy.deepcopy(base), "lance", cal_without(cal, head))}
-        # every rank 1: what is left is the forward, the input gradients and the frozen layers' backward,
-        # all as in BP; no LANCE step (no threshold) can be faster than this one
-        rank_one = calibrate(base, calib_inputs, names, energy=FLOOR_ENERGY, num_batches=cfg.calibration_batches)
-        nets["floor"] = apply_method(copy.deepcopy(base), "lance", rank_one)
-        if cfg.lean:
-            from lance.core.lean import lean
-
-            nets["lean"] = lean(apply_method(copy.deepcopy(base), "lance", cal))
-        step = {}
-        for method, model in nets.items():
-            res = StepResult(n, method)
-            report = saved_tensors(model, x)
-            res.saved_bytes = sum(measured_bytes(report, names).values())
-            res.total_saved_bytes = int(report[report.kind != "parameter"].drop_duplicates("storage").bytes.sum())
-            res.analytic_bytes = int(table["bp_bytes" if method == "bp" else "lance_bytes"].sum())
-            res.ranks = ranks_of(model, names, "bp" if method == "bp" else "lance",
-                                 rank_one if method == "floor" else cal)
-            step[method] = res
-        _time_steps(nets, x, target, cfg.repeats, step)
-        for method, res in step.items():
-            results.append(res)
-            log(f"  {n} layers, {method:5s}: step {statistics.median(res.step_s) * 1e3:8.1f} ms, "
-                f"saved {res.saved_bytes / MIB:8.3f} MiB")
+        results += _one_setting(cfg, net, split, n, x, calib_inputs, target, log)
     wall = time.perf_counter() - start
     return {
         "config": {**asdict(cfg), "weights": weights_note},
         "results": [{**asdict(r), "step_s": r.step_s} for r in results],
         "provenance": {**provenance(config=asdict(cfg), seed=cfg.seed, wall_time_s=wall), "device": device_name(dev)},
     }
+
+
+def _one_setting(cfg: BenchmarkConfig, net, split, n: int, x, calib_inputs, target, log) -> list[StepResult]:
+    """BP, LANCE, the rank-1 floor and (with ``cfg.lean``) the lean step on the last ``n``
+    layers of ``net`` (run as ``split.suffix``): each one's saved bytes and ranks, then their
+    interleaved timings."""
+    names = trainable_layers(net, n)
+    base = copy.deepcopy(split.suffix)
+    set_trainable(base, names + [head_name(base)])
+    head = head_name(base)
+    cal = calibrate(base, calib_inputs, names + ([head] if cfg.lean and cfg.compress_head else []),
+                    energy=cfg.energy, num_batches=cfg.calibration_batches)
+    table = activation_memory(base, names, tuple(x.shape[1:]), cfg.batch_size, calibration=cal)
+    # plain LANCE trains its head on the full input; the lean step compresses it when asked
+    nets = {"bp": base, "lance": apply_method(copy.deepcopy(base), "lance", cal_without(cal, head))}
+    # every rank 1: what is left is the forward, the input gradients and the frozen layers' backward,
+    # all as in BP; no LANCE step (no threshold) can be faster than this one
+    rank_one = calibrate(base, calib_inputs, names, energy=FLOOR_ENERGY, num_batches=cfg.calibration_batches)
+    nets["floor"] = apply_method(copy.deepcopy(base), "lance", rank_one)
+    if cfg.lean:
+        from lance.core.lean import lean
+
+        nets["lean"] = lean(apply_method(copy.deepcopy(base), "lance", cal))
+    step = {}
+    for method, model in nets.items():
+        res = StepResult(n, method)
+        report = saved_tensors(model, x)
+        res.saved_bytes = sum(measured_bytes(report, names).values())
+        res.total_saved_bytes = int(report[report.kind != "parameter"].drop_duplicates("storage").bytes.sum())
+        res.analytic_bytes = int(table["bp_bytes" if method == "bp" else "lance_bytes"].sum())
+        res.ranks = ranks_of(model, names, "bp" if method == "bp" else "lance", rank_one if method == "floor" else cal)
+        step[method] = res
+    _time_steps(nets, x, target, cfg.repeats, step)
+    for method, res in step.items():
+        log(f"  {n} layers, {method:5s}: step {statistics.median(res.step_s) * 1e3:8.1f} ms, "
+            f"saved {res.saved_bytes / MIB:8.3f} MiB")
+    return list(step.values())
 
 
 #: the energy threshold that keeps one direction per mode: the benchmark's rank-1 LANCE, the floor

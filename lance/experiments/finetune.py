@@ -619,6 +619,18 @@ def _start(cfg, out_dir, checkpoint_dir, overwrite: bool, device):
     return dev, out_path, ckpt_path
 
 
+def _save_state(ckpt_path: Path, cfg: FinetuneConfig, s: _Setup, opt, sched, run: _RunState, lance_layers: dict,
+                this_process_s: float, cpu_start: float) -> None:
+    """The checkpoint after an epoch: everything a resumed run needs to continue bit for bit."""
+    save_checkpoint(ckpt_path, {
+        "model": s.suffix.state_dict(), "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict() if sched else None, "history": run.history, "epoch": run.epoch,
+        "asi_bases": {n: m._bases for n, m in lance_layers.items() if hasattr(m, "_bases")},
+        "elapsed": run.elapsed + this_process_s, "commits": run.commits,
+        "cpu_elapsed": _cpu_total(run.cpu_elapsed, cpu_start), "initial_norms": run.initial_norms,
+    }, _identity(cfg, s))
+
+
 def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=None, out_dir=None,
              checkpoint_dir=None, progress: bool = True, overwrite: bool = False, log=print,
              device: str = "cpu") -> dict:
@@ -663,13 +675,7 @@ def finetune(cfg: FinetuneConfig, *, data_dir=None, weights_dir=None, cache_dir=
         run.history.append(entry)
         run.epoch = epoch + 1
         if ckpt_path is not None:
-            save_checkpoint(ckpt_path, {
-                "model": s.suffix.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict() if sched else None, "history": run.history, "epoch": run.epoch,
-                "asi_bases": {n: m._bases for n, m in lance_layers.items() if hasattr(m, "_bases")},
-                "elapsed": run.elapsed + time.perf_counter() - start_time, "commits": run.commits,
-                "cpu_elapsed": _cpu_total(run.cpu_elapsed, cpu_start), "initial_norms": run.initial_norms,
-            }, _identity(cfg, s))
+            _save_state(ckpt_path, cfg, s, opt, sched, run, lance_layers, time.perf_counter() - start_time, cpu_start)
     if bar:
         bar.close()
     if measured is None:  # resumed after the last epoch: measure once now

@@ -120,13 +120,31 @@ def _epoch(model, opt, sched, train, test, cfg: PretrainConfig, epoch: int,
             "test_acc": 100.0 * correct / len(test.labels), "seconds": time.perf_counter() - t0}
 
 
+def _pretrain_data(cfg: PretrainConfig, data_dir):
+    """The training and test images of classes ``cfg.classes`` (at most ``cfg.train_limit``
+    training images, a seeded draw kept in the split's order)."""
+    from lance import data
+
+    wanted = list(range(*cfg.classes))
+    train = data.split_classes(data.load(cfg.dataset, "train", data_dir), wanted)
+    test = data.split_classes(data.load(cfg.dataset, "test", data_dir), wanted)
+    if cfg.train_limit:
+        train = train.subset(torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(cfg.seed))
+                             [:cfg.train_limit].sort().values)
+    if not isinstance(train.images, torch.Tensor):
+        raise LanceError("pretraining reads in-memory datasets (CIFAR, MNIST family); this one is file-based.")
+    if len(train.labels) < cfg.batch_size:
+        raise LanceError(f"{len(train.labels)} training images are fewer than one batch of {cfg.batch_size}; lower "
+                         "--batch-size or raise --train-limit.")
+    return train, test
+
+
 def pretrain(cfg: PretrainConfig, *, data_dir=None, out_dir: str | os.PathLike = "_build/weights",
              results_dir: Optional[str | os.PathLike] = "data/results/pretrain", progress: bool = True,
              log=print, device: str | torch.device = "cpu") -> dict:
     """Train ``cfg.model`` from scratch on classes ``cfg.classes`` of ``cfg.dataset`` on ``device``;
     returns the result record (the state_dict goes to ``out_dir/<name>.pt``, saved from the CPU;
     never committed)."""
-    from lance import data
     from lance.models import zoo as models
     from lance.experiments.device import device_name, resolve_device
     from lance.experiments.provenance import provenance
@@ -139,19 +157,9 @@ def pretrain(cfg: PretrainConfig, *, data_dir=None, out_dir: str | os.PathLike =
     out_dir = Path(out_dir)
     ckpt = out_dir / f"{name}.ckpt"
     check_checkpoint(ckpt, dataclasses.asdict(cfg))  # another run's checkpoint: refused before the data is read
-    wanted = list(range(*cfg.classes))
-    train = data.split_classes(data.load(cfg.dataset, "train", data_dir), wanted)
-    test = data.split_classes(data.load(cfg.dataset, "test", data_dir), wanted)
-    if cfg.train_limit:
-        train = train.subset(torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(cfg.seed))
-                             [:cfg.train_limit].sort().values)
-    if not isinstance(train.images, torch.Tensor):
-        raise LanceError("pretraining reads in-memory datasets (CIFAR, MNIST family); this one is file-based.")
-    if len(train.labels) < cfg.batch_size:
-        raise LanceError(f"{len(train.labels)} training images are fewer than one batch of {cfg.batch_size}; lower "
-                         "--batch-size or raise --train-limit.")
+    train, test = _pretrain_data(cfg, data_dir)
     torch.manual_seed(cfg.seed)
-    model = models.build(cfg.model, num_classes=len(wanted), pretrained=False).to(dev)
+    model = models.build(cfg.model, num_classes=cfg.classes[1] - cfg.classes[0], pretrained=False).to(dev)
     steps = len(train.labels) // cfg.batch_size
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
