@@ -112,3 +112,11 @@ def test_benchmark_reports_the_lean(capsys):
     report = format_report(out)
     assert "BP/lean" in report and "the head's input compressed" in report
     assert "least a LANCE step can take here" in report and "goal <= 0.75" in report
+    # FLOPs, counted on one step: the projection adds to the forward, the weight gradient from the core
+    # takes from the backward, and the floor's projections are the smallest
+    bp, la, fl = rows["bp"], rows["lance"], rows["floor"]
+    assert bp["forward_flops"] > 0 and bp["backward_flops"] > bp["forward_flops"]
+    assert bp["forward_flops"] < la["forward_flops"] and fl["forward_flops"] <= la["forward_flops"]
+    assert la["backward_flops"] < bp["backward_flops"] and fl["backward_flops"] <= la["backward_flops"]
+    assert "in counted FLOPs" in report and f"forward {la['forward_flops'] / bp['forward_flops']:.2f}x" in report
+    assert out["config"]["allocator"] and out["config"]["allocator"] in report

@@ -63,6 +63,9 @@ class BenchmarkConfig:
                               "per element; gradients unchanged", flag)
     compress_head: bool = option(False, "in the lean step, compress the head's input too (a LANCE linear layer)",
                                  flag)
+    steady_allocator: bool = option(True, "keep freed memory in the process (glibc's mallopt), as a caching "
+                                          "allocator does (off: glibc's defaults, which hand large blocks back "
+                                          "after every step and fault them in again in the next)", flag)
     weights_dir: Optional[str] = None
     threads: Optional[int] = None
 
@@ -84,10 +87,49 @@ class StepResult:
     analytic_bytes: int = 0
     total_saved_bytes: int = 0  # every activation the step saved (BN, ReLU, ... included)
     ranks: dict = field(default_factory=dict)
+    forward_flops: int = 0  # counted by torch's FLOP counter on one step, not timed
+    backward_flops: int = 0
 
     @property
     def step_s(self) -> list[float]:
         return [f + b for f, b in zip(self.forward_s, self.backward_s)]
+
+
+# glibc's mallopt parameters (malloc.h): blocks up to 32 MiB (glibc's largest mmap threshold on 64-bit)
+# come from the heap, and the heap keeps up to 1 GiB of freed memory instead of trimming it
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_STEADY = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20))
+
+
+def steady_allocator() -> str:
+    """Make glibc keep freed memory in this process, so that each timed step reuses the pages of
+    the last one instead of faulting fresh ones in (under glibc's defaults that fault time was most
+    of the system time of a benchmark, and fell on LANCE's forward most). Returns what was done,
+    for the record: this process's allocator is changed for the rest of its life."""
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return f"unchanged ({platform.system()}, no glibc)"
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    if not all(libc.mallopt(param, value) == 1 for param, value in _STEADY):
+        return "unchanged (glibc refused mallopt)"
+    return "glibc mallopt: mmap threshold 32 MiB, trim threshold 1 GiB, top pad 64 MiB"
+
+
+def _count_flops(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> tuple[int, int]:
+    """The FLOPs of one step's forward and backward, as torch's FLOP counter sees the kernels run
+    (matrix products and convolutions, the projections inside LANCE's layers included)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for p in model.parameters():
+        p.grad = None
+    with FlopCounterMode(display=False) as fwd:
+        loss = nn.functional.cross_entropy(model(x), target)
+    with FlopCounterMode(display=False) as bwd:
+        loss.backward()
+    return fwd.get_total_flops(), bwd.get_total_flops()
 
 
 def _time_steps(models: dict, x: torch.Tensor, target: torch.Tensor, repeats: int, results: dict) -> None:
@@ -121,6 +163,8 @@ def run_benchmark(cfg: BenchmarkConfig, log=print, device: str = "cpu") -> dict:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    allocator = steady_allocator() if cfg.steady_allocator else "glibc's defaults"
+    log(f"allocator: {allocator}")
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     weights = models.weights_file(cfg.model, cfg.weights_dir)
@@ -142,7 +186,7 @@ def run_benchmark(cfg: BenchmarkConfig, log=print, device: str = "cpu") -> dict:
         results += _one_setting(cfg, net, split, n, x, calib_inputs, target, log)
     wall = time.perf_counter() - start
     return {
-        "config": {**asdict(cfg), "weights": weights_note},
+        "config": {**asdict(cfg), "weights": weights_note, "allocator": allocator},
         "results": [{**asdict(r), "step_s": r.step_s} for r in results],
         "provenance": {**provenance(config=asdict(cfg), seed=cfg.seed, wall_time_s=wall), "device": device_name(dev)},
     }
@@ -177,6 +221,7 @@ def _one_setting(cfg: BenchmarkConfig, net, split, n: int, x, calib_inputs, targ
         res.total_saved_bytes = int(report[report.kind != "parameter"].drop_duplicates("storage").bytes.sum())
         res.analytic_bytes = int(table["bp_bytes" if method == "bp" else "lance_bytes"].sum())
         res.ranks = ranks_of(model, names, "bp" if method == "bp" else "lance", rank_one if method == "floor" else cal)
+        res.forward_flops, res.backward_flops = _count_flops(model, x, target)
         step[method] = res
     _time_steps(nets, x, target, cfg.repeats, step)
     for method, res in step.items():
@@ -220,6 +265,19 @@ def read_benchmark(path) -> dict:
         raise LanceError(f"{path} is not a benchmark result file (no metrics.results).") from None
 
 
+def _flop_ratios(bp: dict, la: dict, floor: Optional[dict]) -> str:
+    """LANCE/BP in counted FLOPs: the time ratios the step would have if every FLOP cost the same."""
+    fwd = lambda r: r["forward_flops"] / bp["forward_flops"]  # noqa: E731
+    bwd = lambda r: r["backward_flops"] / bp["backward_flops"]  # noqa: E731
+    step = lambda r: (r["forward_flops"] + r["backward_flops"]) / (bp["forward_flops"] + bp["backward_flops"])  # noqa: E731
+    text = (f"in counted FLOPs (matrix products and convolutions; the ratios if each FLOP cost the same time and "
+            f"nothing else took any): LANCE/BP forward {fwd(la):.2f}x, "
+            f"backward {bwd(la):.2f}x, step {step(la):.2f}x")
+    if floor and floor.get("forward_flops"):
+        text += f"; every rank 1: forward {fwd(floor):.2f}x, step {step(floor):.2f}x"
+    return text
+
+
 def format_report(out: dict) -> str:
     """The printed figures: per setting, BP and LANCE side by side, with ratios."""
     cfg = out["config"]
@@ -228,7 +286,7 @@ def format_report(out: dict) -> str:
         f"LANCE benchmark: {cfg['model']} at {cfg['resolution'] or 'native'} px, batch {cfg['batch_size']}, "
         f"eps {cfg['energy']}, {cfg['calibration_batches']} calibration batches, "
         f"{out['provenance'].get('hardware', {}).get('torch_threads', '?')} threads",
-        f"weights: {cfg['weights']}",
+        f"weights: {cfg['weights']}; allocator: {cfg.get('allocator', 'not recorded')}",
         f"times: median [min, max] of {cfg['repeats']} steps after one warm-up; the frozen part before the "
         "trained blocks runs once and its output is reused",
         "",
@@ -262,6 +320,8 @@ def format_report(out: dict) -> str:
                       f"forward {med(fl, 'forward_s') / med(bp, 'forward_s'):.2f}x, "
                       f"step {med(fl, 'step_s') / med(bp, 'step_s'):.2f}x BP's")
         lines.append(goals)
+        if la.get("forward_flops") and bp.get("forward_flops"):  # files written before the count lack it
+            lines.append("  " + _flop_ratios(bp, la, rows.get((n, "floor"))))
         whole = f"  the whole step's saved bytes: BP/LANCE {bp['total_saved_bytes'] / la['total_saved_bytes']:.1f}x"
         if (n, "lean") in rows:
             le = rows[(n, "lean")]
