@@ -455,3 +455,27 @@ def test_every_committed_benchmark_file_reads_and_prints_and_new_ones_have_the_c
     write_result(tmp_path / "other.json", {"config": {}, "metrics": {"accuracy": 1.0}, "provenance": {}})
     with pytest.raises(LanceError, match="not a benchmark result file"):
         read_benchmark(tmp_path / "other.json")
+
+
+def test_the_step_limit_table_reads_every_benchmark_file_and_its_ratios_are_the_reports():
+    import math
+
+    from lance.book.tables import step_limit_table
+    from lance.experiments.benchmark import format_report, load_benchmarks, ratios_to_bp
+
+    benchmarks = load_benchmarks()
+    table = step_limit_table(benchmarks)
+    for model, out in benchmarks.items():
+        for r in ratios_to_bp(out):
+            if r["method"] not in ("lance", "floor"):
+                continue
+            row = table[(table.layers == r["layers"]) & (table.step == ("LANCE" if r["method"] == "lance" else "every rank 1"))
+                        & (table.model == {"mcunet-in2": "MCUNet", "mobilenet_v2": "MobileNetV2"}.get(model, model))]
+            assert len(row) == 1 and row["step: time / BP"].iloc[0] == r["step"]
+            if r["method"] == "lance":  # the same number the benchmark's report prints
+                assert f"step {r['step']:.2f}x (goal" in format_report(out)
+    # a file written before the FLOPs were counted: its FLOP columns are missing, not zero
+    old = {"config": {"model": "resnet18", "layer_counts": [2]}, "results": [
+        {"layers": 2, "method": m, "forward_s": [1.0], "backward_s": [2.0], "step_s": [3.0]} for m in ("bp", "lance")]}
+    row = step_limit_table({"resnet18": old}).iloc[0]
+    assert row["step: time / BP"] == 1.0 and math.isnan(row["step: FLOPs / BP"])

@@ -8,7 +8,7 @@ from typing import Optional
 from lance.book.paper import PAPER_MODEL_NAMES, paper_finetuning
 from lance.experiments.results import RESULTS_DIR, load_results
 
-__all__ = ["finetune_results", "finetune_table", "seed_table", "calibration_cost_table", "selection_table", "probe_table", "paper_count_table",
+__all__ = ["finetune_results", "finetune_table", "seed_table", "step_limit_table", "calibration_cost_table", "selection_table", "probe_table", "paper_count_table",
            "hosvd_memory_table", "batch_compressed", "paper_lr", "lr_table", "weight_norm_history",
            "split_weights", "bp_lance_gap", "memory_ratios", "paper_setting", "batch_mode_table", "lr_gaps",
            "continual_default_runs", "final_accuracies", "find_run", "angle_curves", "ablation_table", "continual_main",
@@ -508,6 +508,31 @@ def calibration_cost_table(results):
                         "run hours": sel["provenance.wall_time_s"].astype(float) / 3600})
     out["share of the run %"] = 100 * out["Phase I seconds"] / (out["run hours"] * 3600)
     return out.sort_values(["model", "method", "layers", "epochs", "seed"]).reset_index(drop=True)[cols]
+
+
+STEP_LABELS = {"lance": "LANCE", "floor": "every rank 1", "lean": "LANCE, lean"}
+
+
+def step_limit_table(benchmarks: dict):
+    """Where a LANCE step's time goes, from :func:`lance.experiments.benchmark.load_benchmarks`:
+    per model and number of layers, LANCE's and the rank-1 floor's forward, backward and step over
+    BP's, in median time and in counted FLOPs (``NaN`` where a file did not count them)."""
+    import pandas as pd
+
+    from lance.experiments.benchmark import ratios_to_bp
+
+    rows = []
+    for model, out in benchmarks.items():
+        for r in ratios_to_bp(out):
+            if r["method"] not in ("lance", "floor"):
+                continue
+            row = {"model": PAPER_MODEL_NAMES.get(model, model), "layers": r["layers"], "step": STEP_LABELS[r["method"]]}
+            for phase in ("forward", "backward", "step"):
+                row[f"{phase}: time / BP"] = r[phase]
+                row[f"{phase}: FLOPs / BP"] = r.get(f"{phase}_flops", float("nan"))
+            rows.append(row)
+    cols = ["model", "layers", "step"] + [f"{p}: {k} / BP" for p in ("forward", "backward", "step") for k in ("time", "FLOPs")]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def seed_table(results, model: str = "mcunet-in2", epochs: int = 50, dataset: str = "cifar100"):

@@ -38,7 +38,8 @@ from lance.experiments.device import synchronize
 from lance.experiments.cache import split_model
 from lance.core.selection import head_name, set_trainable, trainable_layers
 
-__all__ = ["BenchmarkConfig", "run_benchmark", "format_report", "result_record", "read_benchmark"]
+__all__ = ["BenchmarkConfig", "run_benchmark", "format_report", "ratios_to_bp", "result_record", "read_benchmark",
+           "load_benchmarks"]
 
 
 def _counts(name: str, value) -> None:
@@ -265,17 +266,36 @@ def read_benchmark(path) -> dict:
         raise LanceError(f"{path} is not a benchmark result file (no metrics.results).") from None
 
 
-def _flop_ratios(bp: dict, la: dict, floor: Optional[dict]) -> str:
-    """LANCE/BP in counted FLOPs: the time ratios the step would have if every FLOP cost the same."""
-    fwd = lambda r: r["forward_flops"] / bp["forward_flops"]  # noqa: E731
-    bwd = lambda r: r["backward_flops"] / bp["backward_flops"]  # noqa: E731
-    step = lambda r: (r["forward_flops"] + r["backward_flops"]) / (bp["forward_flops"] + bp["backward_flops"])  # noqa: E731
-    text = (f"in counted FLOPs (matrix products and convolutions; the ratios if each FLOP cost the same time and "
-            f"nothing else took any): LANCE/BP forward {fwd(la):.2f}x, "
-            f"backward {bwd(la):.2f}x, step {step(la):.2f}x")
-    if floor and floor.get("forward_flops"):
-        text += f"; every rank 1: forward {fwd(floor):.2f}x, step {step(floor):.2f}x"
-    return text
+def ratios_to_bp(out: dict) -> list[dict]:
+    """Every method's times over BP's, per number of layers: the medians of the forward, the
+    backward and the step, and, where the file counted them, the same ratios in FLOPs (the
+    ratios the times would have if every FLOP cost the same and nothing else took time)."""
+    rows = {(r["layers"], r["method"]): r for r in out["results"]}
+    med = lambda r, key: statistics.median(r[key])  # noqa: E731
+    table = []
+    for (n, method), r in rows.items():
+        bp = rows.get((n, "bp"))
+        if method == "bp" or bp is None:
+            continue
+        row = {"layers": n, "method": method, **{phase: med(r, f"{phase}_s") / med(bp, f"{phase}_s")
+                                                  for phase in ("forward", "backward", "step")}}
+        if r.get("forward_flops") and bp.get("forward_flops"):  # files written before the count lack it
+            row.update(forward_flops=r["forward_flops"] / bp["forward_flops"],
+                       backward_flops=r["backward_flops"] / bp["backward_flops"],
+                       step_flops=(r["forward_flops"] + r["backward_flops"]) / (bp["forward_flops"] + bp["backward_flops"]))
+        table.append(row)
+    return table
+
+
+def load_benchmarks(directory=None) -> dict[str, dict]:
+    """Every benchmark result file under ``directory`` (default ``data/results/benchmark``), by model."""
+    from pathlib import Path
+
+    from lance.experiments.results import RESULTS_DIR
+
+    directory = Path(directory) if directory else RESULTS_DIR / "benchmark"
+    outs = [read_benchmark(p) for p in sorted(directory.glob("*.json"))]
+    return {out["config"]["model"]: out for out in outs}
 
 
 def format_report(out: dict) -> str:
@@ -302,26 +322,27 @@ def format_report(out: dict) -> str:
                          f"{fmt(r['step_s']):>22} {r['saved_bytes'] / MIB:>10.3f} {r['analytic_bytes'] / MIB:>12.3f} "
                          f"{r['total_saved_bytes'] / MIB:>13.3f}")
     lines.append("")
+    ratio = {(r["layers"], r["method"]): r for r in ratios_to_bp(out)}
     for n in cfg["layer_counts"]:
-        bp, la = rows[(n, "bp")], rows[(n, "lance")]
-        t = statistics.median(bp["step_s"]) / statistics.median(la["step_s"])
-        m = bp["saved_bytes"] / la["saved_bytes"]
-        lines.append(f"last {n} layers: BP/LANCE step time {t:.2f}x, saved bytes {m:.1f}x "
-                     f"(LANCE ranks {la['ranks']})")
-        med = lambda r, key: statistics.median(r[key])  # noqa: E731
-        fwd, step = med(la, "forward_s") / med(bp, "forward_s"), med(la, "step_s") / med(bp, "step_s")
+        bp, la, q = rows[(n, "bp")], rows[(n, "lance")], ratio[(n, "lance")]
+        lines.append(f"last {n} layers: BP/LANCE step time {1 / q['step']:.2f}x, saved bytes "
+                     f"{bp['saved_bytes'] / la['saved_bytes']:.1f}x (LANCE ranks {la['ranks']})")
         verdict = lambda ratio, goal: "met" if ratio <= goal else "not met"  # noqa: E731
-        goals = (f"  LANCE/BP forward {fwd:.2f}x (goal <= {FORWARD_GOAL}: {verdict(fwd, FORWARD_GOAL)}), "
-                 f"backward {med(la, 'backward_s') / med(bp, 'backward_s'):.2f}x, "
-                 f"step {step:.2f}x (goal <= {STEP_GOAL}: {verdict(step, STEP_GOAL)})")
-        if (n, "floor") in rows:
-            fl = rows[(n, "floor")]
-            goals += (f"; every rank 1, the least a LANCE step can take here: "
-                      f"forward {med(fl, 'forward_s') / med(bp, 'forward_s'):.2f}x, "
-                      f"step {med(fl, 'step_s') / med(bp, 'step_s'):.2f}x BP's")
+        goals = (f"  LANCE/BP forward {q['forward']:.2f}x (goal <= {FORWARD_GOAL}: {verdict(q['forward'], FORWARD_GOAL)}), "
+                 f"backward {q['backward']:.2f}x, step {q['step']:.2f}x (goal <= {STEP_GOAL}: "
+                 f"{verdict(q['step'], STEP_GOAL)})")
+        fl = ratio.get((n, "floor"))
+        if fl:
+            goals += (f"; every rank 1, the least a LANCE step can take here: forward {fl['forward']:.2f}x, "
+                      f"step {fl['step']:.2f}x BP's")
         lines.append(goals)
-        if la.get("forward_flops") and bp.get("forward_flops"):  # files written before the count lack it
-            lines.append("  " + _flop_ratios(bp, la, rows.get((n, "floor"))))
+        if "forward_flops" in q:
+            flops = (f"  in counted FLOPs (matrix products and convolutions; the ratios if each FLOP cost the same "
+                     f"time and nothing else took any): LANCE/BP forward {q['forward_flops']:.2f}x, backward "
+                     f"{q['backward_flops']:.2f}x, step {q['step_flops']:.2f}x")
+            if fl and "forward_flops" in fl:
+                flops += f"; every rank 1: forward {fl['forward_flops']:.2f}x, step {fl['step_flops']:.2f}x"
+            lines.append(flops)
         whole = f"  the whole step's saved bytes: BP/LANCE {bp['total_saved_bytes'] / la['total_saved_bytes']:.1f}x"
         if (n, "lean") in rows:
             le = rows[(n, "lean")]
