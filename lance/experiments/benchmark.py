@@ -34,6 +34,7 @@ from lance.analysis.methods import apply_method, ranks_of
 from lance.errors import LanceError
 from lance.experiments.config import (distinct, flag, fraction, model_names, non_negative, one_of, option, positive,
                                      resolution_px, validate)
+from lance.experiments.allocator import allocator_state, steady_allocator
 from lance.experiments.device import synchronize
 from lance.experiments.cache import split_model
 from lance.core.selection import head_name, set_trainable, trainable_layers
@@ -66,7 +67,9 @@ class BenchmarkConfig:
                                  flag)
     steady_allocator: bool = option(True, "keep freed memory in the process (glibc's mallopt), as a caching "
                                           "allocator does (off: glibc's defaults, which hand large blocks back "
-                                          "after every step and fault them in again in the next)", flag)
+                                          "after every step and fault them in again in the next; also set "
+                                          "LANCE_STEADY_ALLOCATOR=0, or `python -m lance` makes it steady first)",
+                                    flag)
     weights_dir: Optional[str] = None
     threads: Optional[int] = None
 
@@ -94,29 +97,6 @@ class StepResult:
     @property
     def step_s(self) -> list[float]:
         return [f + b for f, b in zip(self.forward_s, self.backward_s)]
-
-
-# glibc's mallopt parameters (malloc.h): blocks up to 32 MiB (glibc's largest mmap threshold on 64-bit)
-# come from the heap, and the heap keeps up to 1 GiB of freed memory instead of trimming it
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-_STEADY = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20))
-
-
-def steady_allocator() -> str:
-    """Make glibc keep freed memory in this process, so that each timed step reuses the pages of
-    the last one instead of faulting fresh ones in (under glibc's defaults that fault time was most
-    of the system time of a benchmark, and fell on LANCE's forward most). Returns what was done,
-    for the record: this process's allocator is changed for the rest of its life."""
-    import ctypes
-    import ctypes.util
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return f"unchanged ({platform.system()}, no glibc)"
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    if not all(libc.mallopt(param, value) == 1 for param, value in _STEADY):
-        return "unchanged (glibc refused mallopt)"
-    return "glibc mallopt: mmap threshold 32 MiB, trim threshold 1 GiB, top pad 64 MiB"
 
 
 def _count_flops(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> tuple[int, int]:
@@ -164,7 +144,7 @@ def run_benchmark(cfg: BenchmarkConfig, log=print, device: str = "cpu") -> dict:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    allocator = steady_allocator() if cfg.steady_allocator else "glibc's defaults"
+    allocator = steady_allocator() if cfg.steady_allocator else allocator_state()
     log(f"allocator: {allocator}")
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)

@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lance.experiments.allocator import allocator_state
+
 __all__ = ["git_commit", "git_diff", "file_sha256", "versions", "hardware", "provenance"]
 
 #: Distributions reported by :func:`versions`, as ``key: distribution name``.
@@ -154,6 +156,7 @@ def provenance(config: Any = None, seed: int | None = None, wall_time_s: float |
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
         "versions": versions(),
         "hardware": hardware(),
+        "allocator": allocator_state(),
         "config": _jsonable(config),
         "seed": seed,
         "wall_time_s": wall_time_s,
