@@ -53,3 +53,29 @@ def test_the_command_line_makes_it_steady_unless_told_not_to_and_provenance_says
                     "--layers", "1", "--methods", "bp", "--iterations", "1", "--trials", "1", "--data", "samples",
                     "--threads", "1", "--out", str(out)], env={**os.environ, **env}, check=True, capture_output=True)
     assert json.loads(out.read_text())["provenance"]["allocator"].startswith(expected)
+
+
+_SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets")
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(os.environ.get("LANCE_DATA_DIR") or _SHARED, "cifar-100-python"))
+                    or lance.models.weights_file("mobilenet_v2") is None,
+                    reason="needs CIFAR-100 (LANCE_DATA_DIR or ../shared/datasets) and the MobileNetV2 weights")
+def test_a_run_computes_the_same_numbers_with_either_allocator(tmp_path):
+    """The allocator changes where memory comes from, never a result: one small LANCE run under
+    each, bit for bit the same losses and accuracies."""
+    env = {**os.environ, "LANCE_DATA_DIR": os.environ.get("LANCE_DATA_DIR") or os.path.abspath(_SHARED),
+           "OMP_NUM_THREADS": "1"}
+    metrics = {}
+    for kind, value in (("steady", "1"), ("default", "0")):
+        out = tmp_path / kind
+        subprocess.run([sys.executable, "-m", "lance", "finetune", "--model", "mobilenet_v2", "--method", "lance",
+                        "--layers", "2", "--epochs", "2", "--batch-size", "32", "--resolution", "64",
+                        "--train-limit", "96", "--test-limit", "64", "--calibration-batches", "2", "--classes", "50", "60",
+                        "--cache-dir", str(tmp_path / f"cache-{kind}"), "--out", str(out),
+                        "--checkpoint-dir", str(tmp_path / f"ckpt-{kind}"), "--no-progress"],
+                       env={**env, "LANCE_STEADY_ALLOCATOR": value}, check=True, capture_output=True)
+        (record,) = [json.loads(p.read_text()) for p in out.glob("*.json")]
+        assert record["provenance"]["allocator"].startswith("steady" if value == "1" else "glibc's defaults")
+        metrics[kind] = [(e["train_loss"], e["test_acc"]) for e in record["metrics"]["history"]]
+    assert metrics["steady"] == metrics["default"]
