@@ -510,7 +510,7 @@ def calibration_cost_table(results):
     return out.sort_values(["model", "method", "layers", "epochs", "seed"]).reset_index(drop=True)[cols]
 
 
-STEP_LABELS = {"lance": "LANCE", "floor": "every rank 1", "lean": "LANCE, lean"}
+STEP_LABELS = {"lance": "LANCE", "floor": "every rank 1"}
 
 
 def step_limit_table(benchmarks: dict):
@@ -524,7 +524,7 @@ def step_limit_table(benchmarks: dict):
     rows = []
     for model, out in benchmarks.items():
         for r in ratios_to_bp(out):
-            if r["method"] not in ("lance", "floor"):
+            if r["method"] not in STEP_LABELS:
                 continue
             row = {"model": PAPER_MODEL_NAMES.get(model, model), "layers": r["layers"], "step": STEP_LABELS[r["method"]]}
             for phase in ("forward", "backward", "step"):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["steady_allocator", "allocator_state", "ENV_VAR"]
+__all__ = ["steady_allocator", "allocator_state", "wanted", "ENV_VAR"]
 
 ENV_VAR = "LANCE_STEADY_ALLOCATOR"
 

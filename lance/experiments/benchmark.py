@@ -67,9 +67,7 @@ class BenchmarkConfig:
                                  flag)
     steady_allocator: bool = option(True, "keep freed memory in the process (glibc's mallopt), as a caching "
                                           "allocator does (off: glibc's defaults, which hand large blocks back "
-                                          "after every step and fault them in again in the next; also set "
-                                          "LANCE_STEADY_ALLOCATOR=0, or `python -m lance` makes it steady first)",
-                                    flag)
+                                          "after every step and fault them in again in the next)", flag)
     weights_dir: Optional[str] = None
     threads: Optional[int] = None
 
