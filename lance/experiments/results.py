@@ -45,9 +45,7 @@ def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         raise LanceError(f"{path} exists; pass --force (overwrite=True) to replace it, or change the config.")
     if path.is_dir():
         raise LanceError(f"{path} is a folder; pass the file to write.")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = _nearest_existing(path.parent)
     if not parent.is_dir():
         raise LanceError(f"cannot write to {path.parent} ({parent} is a file, not a folder); choose another folder.")
     try:
@@ -71,22 +69,25 @@ def _exists(path: Path) -> bool:
         return False
 
 
+def _nearest_existing(folder: Path) -> Path:
+    """``folder`` or its nearest ancestor that exists."""
+    while not _exists(folder) and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
 def _check_name(path: Path) -> None:
     """A name the file system can hold: no NUL byte, and no part longer than the folder allows
     (with room for write_atomic's temporary name beside it)."""
     if "\0" in str(path):
         raise LanceError(f"the path {str(path)!r} contains a NUL byte; choose another name.")
-    parent = path.parent
-    while not _exists(parent) and parent != parent.parent:
-        parent = parent.parent
     try:
-        name_max = os.pathconf(parent, "PC_NAME_MAX")
+        name_max = os.pathconf(_nearest_existing(path.parent), "PC_NAME_MAX")
     except (OSError, ValueError):
         name_max = 255
     for part in path.parts:
-        size = len(os.fsencode(part))
-        if size > name_max - (_TMP_EXTRA if part == path.name else 0):
-            limit = name_max - _TMP_EXTRA if part == path.name else name_max
+        size, limit = len(os.fsencode(part)), name_max - (_TMP_EXTRA if part == path.name else 0)
+        if size > limit:
             raise LanceError(f"the name {part[:40]!r}... is {size} bytes long, more than this folder allows "
                              f"({limit}); choose a shorter name.")
 
