@@ -142,6 +142,10 @@ BENCHMARK = [
     (["--layers", "2", "2"], "layer_counts has repeated entries"),
     (["--threads", "-4"], "--threads must be 0"),
     (["--resolution", "1"], "resolution must be 0"),
+    (["--pretrained", "MISSING"], "not found"),
+    (["--pretrained", "LIST"], "is not a state_dict"),
+    (["--pretrained", "PLANTED"], "not a plain tensor file"),
+    (["--model", "mobilenet_v2", "--pretrained", "OTHER"], "does not fit mobilenet_v2"),
 ]
 CASES = ([("finetune", a, m) for a, m in FINETUNE] + [("sweep", a, m) for a, m in SWEEP]
          + [("pretrain", a, m) for a, m in PRETRAIN] + [("continual", a, m) for a, m in CONTINUAL]

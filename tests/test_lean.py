@@ -120,3 +120,32 @@ def test_benchmark_reports_the_lean(capsys):
     assert la["backward_flops"] < bp["backward_flops"] and fl["backward_flops"] <= la["backward_flops"]
     assert "in counted FLOPs" in report and f"forward {la['forward_flops'] / bp['forward_flops']:.2f}x" in report
     assert out["config"]["allocator"] and out["config"]["allocator"] in report
+
+
+def test_benchmark_starts_from_a_state_dict_of_the_pretraining_and_says_which(tmp_path):
+    """``pretrained``: the body from the file (its head, of another number of classes, left out), the
+    file's digest in the result, and the book's label saying that the weights are the split protocol's."""
+    import hashlib
+
+    import torchvision
+
+    from lance.book.tables import benchmark_label
+    from lance.experiments.benchmark import BenchmarkConfig, run_benchmark
+    from lance.experiments.weights import build_pretrained
+
+    torch.manual_seed(5)
+    path = tmp_path / "resnet18_split.pt"
+    torch.save(torchvision.models.resnet18(num_classes=50).state_dict(), path)
+    saved = torch.load(path, weights_only=True)
+    model, source = build_pretrained("resnet18", str(path), 100)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert digest in source and model.fc.out_features == 100
+    body = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    assert body.keys() == {k for k in saved if not k.startswith("fc.")}
+    assert all(torch.equal(v, saved[k]) for k, v in body.items())
+    cfg = BenchmarkConfig(model="resnet18", resolution=32, batch_size=8, layer_counts=(2,), calibration_batches=1,
+                          repeats=1, threads=1, lean=False, pretrained=str(path))
+    out = run_benchmark(cfg, log=lambda *_: None)
+    assert digest in out["config"]["weights"]
+    assert benchmark_label(out) == "ResNet18, split-protocol weights"
+    assert benchmark_label({"config": {"model": "resnet18", "pretrained": "imagenet"}}) == "ResNet18"

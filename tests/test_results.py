@@ -460,7 +460,7 @@ def test_every_committed_benchmark_file_reads_and_prints_and_new_ones_have_the_c
 def test_the_step_limit_table_reads_every_benchmark_file_and_its_ratios_are_the_reports():
     import math
 
-    from lance.book.tables import step_limit_table
+    from lance.book.tables import benchmark_label, step_limit_table
     from lance.experiments.benchmark import format_report, load_benchmarks, ratios_to_bp
 
     benchmarks = load_benchmarks()
@@ -470,7 +470,7 @@ def test_the_step_limit_table_reads_every_benchmark_file_and_its_ratios_are_the_
             if r["method"] not in ("lance", "floor"):
                 continue
             row = table[(table.layers == r["layers"]) & (table.step == ("LANCE" if r["method"] == "lance" else "every rank 1"))
-                        & (table.model == {"mcunet-in2": "MCUNet", "mobilenet_v2": "MobileNetV2"}.get(model, model))]
+                        & (table.model == benchmark_label(out))]
             assert len(row) == 1 and row["step: time / BP"].iloc[0] == r["step"]
             if r["method"] == "lance":  # the same number the benchmark's report prints
                 assert f"step {r['step']:.2f}x (goal" in format_report(out)

@@ -8,7 +8,7 @@ from typing import Optional
 from lance.book.paper import PAPER_MODEL_NAMES, paper_finetuning
 from lance.experiments.results import RESULTS_DIR, load_results
 
-__all__ = ["finetune_results", "finetune_table", "seed_table", "step_limit_table", "calibration_cost_table", "selection_table", "probe_table", "paper_count_table",
+__all__ = ["finetune_results", "finetune_table", "seed_table", "step_limit_table", "benchmark_label", "calibration_cost_table", "selection_table", "probe_table", "paper_count_table",
            "hosvd_memory_table", "batch_compressed", "paper_lr", "lr_table", "weight_norm_history",
            "split_weights", "bp_lance_gap", "memory_ratios", "paper_setting", "batch_mode_table", "lr_gaps",
            "continual_default_runs", "final_accuracies", "find_run", "angle_curves", "ablation_table", "continual_main",
@@ -513,6 +513,14 @@ def calibration_cost_table(results):
 STEP_LABELS = {"lance": "LANCE", "floor": "every rank 1"}
 
 
+def benchmark_label(out: dict) -> str:
+    """A benchmark's model as the book names it, with "split-protocol weights" where it started
+    from a state_dict of ``python -m lance pretrain`` rather than from ImageNet's weights."""
+    cfg = out["config"]
+    name = PAPER_MODEL_NAMES.get(cfg["model"], cfg["model"])
+    return name if cfg.get("pretrained", "imagenet") == "imagenet" else f"{name}, split-protocol weights"
+
+
 def step_limit_table(benchmarks: dict):
     """Where a LANCE step's time goes, from :func:`lance.experiments.benchmark.load_benchmarks`:
     per model and number of layers, LANCE's and the rank-1 floor's forward, backward and step over
@@ -522,11 +530,11 @@ def step_limit_table(benchmarks: dict):
     from lance.experiments.benchmark import ratios_to_bp
 
     rows = []
-    for model, out in benchmarks.items():
+    for out in benchmarks.values():
         for r in ratios_to_bp(out):
             if r["method"] not in STEP_LABELS:
                 continue
-            row = {"model": PAPER_MODEL_NAMES.get(model, model), "layers": r["layers"], "step": STEP_LABELS[r["method"]]}
+            row = {"model": benchmark_label(out), "layers": r["layers"], "step": STEP_LABELS[r["method"]]}
             for phase in ("forward", "backward", "step"):
                 row[f"{phase}: time / BP"] = r[phase]
                 row[f"{phase}: FLOPs / BP"] = r.get(f"{phase}_flops", float("nan"))

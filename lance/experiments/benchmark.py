@@ -13,7 +13,9 @@ unchanged), shows how far the whole step's saved bytes fall when what lies betwe
 trained layers is kept compact too. The frozen trunk's output is computed once and reused:
 the step timed is the part of the network that training runs through (from the block of the
 first trained layer of the deepest setting to the head). ``--model`` takes any model
-``lance.models.zoo.build`` knows.
+``lance.models.zoo.build`` knows; ``--pretrained`` a state_dict that ``python -m lance pretrain``
+wrote (the paper's split-class protocol: ResNet18's ImageNet weights are not to be had here,
+and with random weights its ranks say nothing about a trained network's).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from lance.experiments.allocator import allocator_state, steady_allocator
 from lance.experiments.device import synchronize
 from lance.experiments.cache import split_model
 from lance.core.selection import head_name, set_trainable, trainable_layers
+from lance.experiments.weights import build_pretrained, check_pretrained
 
 __all__ = ["BenchmarkConfig", "run_benchmark", "format_report", "ratios_to_bp", "result_record", "read_benchmark",
            "load_benchmarks"]
@@ -61,6 +64,9 @@ class BenchmarkConfig:
     calibration_batches: int = option(4, "Phase I batches", positive)
     repeats: int = option(5, "timed steps per method and setting", positive)
     seed: int = option(0, "seed", non_negative)
+    pretrained: str = option("imagenet", "'imagenet' (the zoo's file in the weights folder; random "
+                                         "initialisation without one) or the path of a state_dict "
+                                         "(split-protocol pretraining)", check_pretrained)
     lean: bool = option(True, "also LANCE with a lean step: frozen BatchNorm keeps no activation, ReLU one bit "
                               "per element; gradients unchanged", flag)
     compress_head: bool = option(False, "in the lean step, compress the head's input too (a LANCE linear layer)",
@@ -146,10 +152,12 @@ def run_benchmark(cfg: BenchmarkConfig, log=print, device: str = "cpu") -> dict:
     log(f"allocator: {allocator}")
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    weights = models.weights_file(cfg.model, cfg.weights_dir)
-    net = models.build(cfg.model, num_classes=100, pretrained=weights is not None, weights_dir=cfg.weights_dir)
-    weights_note = str(weights) if weights else "none found: random initialisation (set LANCE_WEIGHTS_DIR)"
-    log(f"model {cfg.model}, ImageNet weights: {weights_note}")
+    if cfg.pretrained == "imagenet" and models.weights_file(cfg.model, cfg.weights_dir) is None:
+        net = models.build(cfg.model, num_classes=100, pretrained=False)
+        weights_note = "none found: random initialisation (set LANCE_WEIGHTS_DIR)"
+    else:
+        net, weights_note = build_pretrained(cfg.model, cfg.pretrained, 100, cfg.weights_dir)
+    log(f"model {cfg.model}, weights: {weights_note}")
     net.eval().to(dev)  # frozen BatchNorm, as in the paper's fine-tuning
     resolution = cfg.resolution or models.resolution(cfg.model)
     images, _ = data.sample_images(resolution)
@@ -266,14 +274,14 @@ def ratios_to_bp(out: dict) -> list[dict]:
 
 
 def load_benchmarks(directory=None) -> dict[str, dict]:
-    """Every benchmark result file under ``directory`` (default ``data/results/benchmark``), by model."""
+    """Every benchmark result file under ``directory`` (default ``data/results/benchmark``), by
+    file name without ``.json`` (one model may have files for several weights)."""
     from pathlib import Path
 
     from lance.experiments.results import RESULTS_DIR
 
     directory = Path(directory) if directory else RESULTS_DIR / "benchmark"
-    outs = [read_benchmark(p) for p in sorted(directory.glob("*.json"))]
-    return {out["config"]["model"]: out for out in outs}
+    return {p.stem: read_benchmark(p) for p in sorted(directory.glob("*.json"))}
 
 
 def format_report(out: dict) -> str:

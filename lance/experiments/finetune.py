@@ -30,11 +30,12 @@ from lance.analysis.methods import METHODS, apply_method
 from lance.experiments.cache import FeatureCache, split_model
 from lance.core.calibration import calibrate
 from lance.errors import DivergedError, LanceError
-from lance.experiments.checkpoints import check_checkpoint, load_checkpoint, safe_load, save_checkpoint
+from lance.experiments.checkpoints import check_checkpoint, load_checkpoint, save_checkpoint
 from lance.experiments.device import device_name, resolve_device
 from lance.experiments.config import (at_most, dataset_names, finite_float, flag, fraction, model_names,
                                      non_negative, one_of, option, positive, resolution_px, seed_value, span,
                                      validate)
+from lance.experiments.weights import build_pretrained, check_pretrained
 from lance.analysis.fidelity import gradient_angle
 from lance.core.layers import compressed_layers, exact_backward
 from lance.core.selection import head_name, set_trainable, trainable_layers
@@ -43,11 +44,6 @@ __all__ = ["FinetuneConfig", "PROFILES", "finetune", "result_name", "METHODS", "
 
 
 DEFAULT_LR = 0.05  # the paper's (Table 4)
-
-
-def _pretrained(name: str, value) -> None:
-    if not isinstance(value, str) or not value:
-        raise LanceError(f"pretrained must be 'imagenet' or the path of a state_dict file, got {value!r}.")
 
 
 @dataclass
@@ -74,7 +70,7 @@ class FinetuneConfig:
     resolution: int = option(0, "input size in px (0: the model's native resolution)", resolution_px)
     classes: Optional[tuple[int, int]] = option(None, "fine-tune on classes [FIRST, END) only (split protocol)", span)
     pretrained: str = option("imagenet", "'imagenet' or the path of a state_dict (split-protocol pretraining)",
-                             _pretrained)
+                             check_pretrained)
     train_limit: int = option(0, "use only this many training images (0: all); for demonstrations", non_negative)
     test_limit: int = option(0, "use only this many test images (0: all)", non_negative)
     skip_depthwise: bool = option(False, "the authors' LANCE selection: the last n convolutions with groups == 1",
@@ -188,37 +184,8 @@ def _angle_or_nan(approx, exact) -> float:
 
 
 def _build_model(cfg: FinetuneConfig, num_classes: int, weights_dir) -> tuple[nn.Module, str]:
-    from lance.models import zoo as models
-
     torch.manual_seed(cfg.seed)  # the new head's initialisation
-    if cfg.pretrained == "imagenet":
-        model = models.build(cfg.model, num_classes=num_classes, pretrained=True, weights_dir=weights_dir)
-        source = str(models.weights_file(cfg.model, weights_dir) or "torchvision download")
-    else:
-        path = Path(cfg.pretrained)
-        if not path.is_file():
-            raise LanceError(f"pretrained checkpoint {path} not found; write it with `python -m lance "
-                             "pretrain` (`python -m lance plan` lists the command), or pass 'imagenet' or "
-                             "another state_dict file.")
-        model = models.build(cfg.model, num_classes=num_classes, pretrained=False, weights_dir=weights_dir)
-        state = safe_load(path, "pretrained weights file")
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise LanceError(f"{path} is not a state_dict (a dict of tensors); pass the .pt file that "
-                             "`python -m lance pretrain` wrote.")
-        head = head_name(model)
-        state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
-        own = model.state_dict()
-        wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-        missing = [k for k in own if k not in state and not k.startswith(head + ".")]
-        unexpected = [k for k in state if k not in own]
-        if wrong or missing or unexpected:
-            raise LanceError(f"weights file {path} does not fit {cfg.model} (other shapes {wrong[:2]}, missing "
-                             f"{missing[:2]}, unexpected {unexpected[:2]}); pass weights of this model.")
-        model.load_state_dict(state, strict=False)
-        # the digest ties the run to its pretraining record (data/results/pretrain, metrics.weights_sha256)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        source = f"{path} ({path.stat().st_size} bytes, sha256 {digest})"
-    return model, source
+    return build_pretrained(cfg.model, cfg.pretrained, num_classes, weights_dir)
 
 
 # ---------------------------------------------------------------------------------------
